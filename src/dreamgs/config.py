@@ -1,0 +1,389 @@
+"""Typed configuration: dataclasses, YAML files and ``key=value`` overrides.
+
+Resolution order (later wins):
+
+1. the dataclass defaults below (the text-to-3D settings of DreamGaussian),
+2. the packaged preset for the mode (``configs/<mode>.yaml``),
+3. a user YAML file (``--config file.yaml``),
+4. ``section.key=value`` overrides from the command line.
+
+Every value is type-checked against its field; unknown keys are rejected with a suggestion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class CameraConfig:
+    fovy: float = 49.1  # vertical field of view, degrees
+    radius: float = 2.5  # orbit radius of training cameras
+    elevation_range: tuple[float, float] = (-30.0, 30.0)  # degrees, negative = above
+    azimuth_range: tuple[float, float] = (-180.0, 180.0)  # degrees
+    radius_range: tuple[float, float] = (0.0, 0.0)  # added to radius; (0, 0) keeps it fixed
+
+
+@dataclass
+class GaussianConfig:
+    num_points: int = 5000
+    init_radius: float = 0.5  # points are drawn uniformly in a ball of this radius
+    init_opacity: float = 0.1
+    init_color: float = 0.5  # grey
+    sh_degree: int = 0
+    lr_position_init: float = 1e-3
+    lr_position_final: float = 2e-5
+    lr_position_steps: int = 300  # log-linear decay length
+    lr_color: float = 0.01
+    lr_opacity: float = 0.05
+    lr_scale: float = 0.005
+    lr_rotation: float = 0.005
+    adam_eps: float = 1e-15
+
+
+@dataclass
+class DensifyConfig:
+    enabled: bool = True
+    start: int = 100  # first step at which densification may run
+    stop: int = 3000  # densification runs while start <= step < stop
+    interval: int = 50
+    grad_threshold: float = 0.01  # mean view-space gradient norm (NDC units) to densify
+    split_scale: float = 0.04  # clone if the largest scale is <= this (world units), else split
+    min_opacity: float = 0.01  # prune below
+    prune_scale: float = 0.4  # prune if the largest scale is above this (world units)
+    max_gaussians: int = 1_000_000
+    opacity_reset_interval: int = 0  # 0 disables opacity resets
+
+
+@dataclass
+class PriorConfig:
+    kind: str = "sd"  # sd | zero123 | stable-zero123 | oracle
+    model: str = ""  # hub id or local folder; empty picks the default for the kind
+    asset: str = ""  # oracle: built-in asset name or a path to .obj/.glb/.ply ("" = from prompt)
+    guidance_scale: float = 100.0
+    t_min: float = 0.02
+    t_max: float = 0.98
+    t_schedule: str = "anneal"  # anneal | random
+    dtype: str = "auto"  # auto | fp32 | fp16 | bf16
+    view_dependent_prompt: bool = True
+    resolution: int = 0  # 0 = the prior's native resolution
+    oracle_views: int = 96  # oracle: reference renders per asset
+    oracle_resolution: int = 64
+    oracle_sigma: float = 0.35  # oracle: camera-kernel width (radians) for image conditioning
+
+
+@dataclass
+class Stage1Config:
+    iters: int = 500
+    batch_size: int = 1
+    render_sizes: tuple[int, ...] = (128, 256, 512)
+    size_milestones: tuple[float, ...] = (0.3, 0.6)  # fraction of iters at which size steps up
+    white_background_prob: float = 0.5  # else black
+    lambda_sds: float = 1.0
+    lambda_rgb: float = 10000.0  # image mode reference-view losses
+    lambda_mask: float = 1000.0
+    ref_size: int = 256
+    warmup_fraction: float = 1.0  # reference-loss warm-up over this fraction of training
+    ref_every: int = 1  # image mode: reference loss every n steps
+    checkpoint_every: int = 100
+    max_bad_steps: int = 20  # non-finite steps tolerated before giving up
+    deterministic: bool = False
+
+
+@dataclass
+class MeshConfig:
+    grid_resolution: int = 128
+    block_size: int = 16
+    density_threshold: float = 1.0
+    opacity_threshold: float = 0.005
+    min_component_fraction: float = 0.02  # drop components smaller than this fraction of faces
+    target_faces: int = 100_000
+
+
+@dataclass
+class TextureConfig:
+    size: int = 1024
+    bake_views: int = 26
+    bake_resolution: int = 512
+    cos_threshold: float = 0.5
+
+
+@dataclass
+class Stage2Config:
+    enabled: bool = True
+    iters: int = 50
+    lr: float = 0.2
+    render_size: int = 512
+    strength_min: float = 0.1  # SDEdit noise strength at the first step
+    strength_max: float = 0.5  # and at the last
+    refine_steps: int = 4  # DDIM steps back from the noised render
+    lambda_ref: float = 10000.0
+    optimize_geometry: bool = False
+
+
+@dataclass
+class ExportConfig:
+    video: bool = True
+    video_frames: int = 90
+    video_size: int = 512
+    glb: bool = True
+    obj: bool = True
+
+
+@dataclass
+class Config:
+    mode: str = "text"  # text | image
+    prompt: str = ""
+    negative_prompt: str = ""
+    image: str = ""
+    elevation: float = 0.0  # elevation of the input view in image mode, degrees
+    seed: int | None = None
+    output_dir: str = "outputs"
+    run_name: str = ""
+    device: str = "auto"
+    backend: str = "auto"  # render backend: auto | gsplat | torch
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    gaussians: GaussianConfig = field(default_factory=GaussianConfig)
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    texture: TextureConfig = field(default_factory=TextureConfig)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Type coercion
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert ``value`` to type ``tp`` or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        if value is None:
+            raise ConfigError(f"{key}: a value is required")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1"):
+            return True
+        if isinstance(value, str) and value.strip().lower() in ("false", "no", "off", "0"):
+            return False
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                f = float(value.replace("_", ""))
+            except ValueError:
+                pass
+            else:
+                if f.is_integer():
+                    return int(f)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unknown_key(key: str, known: typing.Iterable[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key.split(".")[-1], list(known), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown config key '{key}' in {where}{hint}")
+
+
+def apply_dict(cfg: Any, data: dict, where: str, prefix: str = "") -> None:
+    """Apply a nested mapping to a config dataclass in place, type-checking every value."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping at '{prefix or 'top level'}', got {data!r}")
+    types_ = _field_types(type(cfg))
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if not isinstance(key, str) or key not in types_:
+            raise _unknown_key(str(full), types_, where)
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current):
+            apply_dict(current, value, where, prefix=f"{full}.")
+        else:
+            setattr(cfg, key, _coerce(value, types_[key], full))
+
+
+def apply_override(cfg: Config, override: str) -> None:
+    """Apply one ``a.b.c=value`` override; the value is parsed for the type of its field."""
+    if "=" not in override:
+        raise ConfigError(f"override '{override}' is not of the form key=value")
+    key, raw = override.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{override}' has an empty key")
+    # Values stay strings here; _coerce parses them for the field's type ("1e-3", "true", "[1,2]").
+    value: Any = None if raw.strip() in ("null", "None", "~") else raw
+    node: Any = cfg
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        sub = getattr(node, part, None) if part in _field_types(type(node)) else None
+        if not dataclasses.is_dataclass(sub):
+            raise _unknown_key(".".join(parts[: i + 1]), _field_types(type(node)), "overrides")
+        node = sub
+    last = parts[-1]
+    types_ = _field_types(type(node))
+    if last not in types_:
+        raise _unknown_key(key, types_, "overrides")
+    if dataclasses.is_dataclass(getattr(node, last)):
+        raise ConfigError(f"override '{key}' names a section; set one of its keys instead")
+    setattr(node, last, _coerce(value, types_[last], key))
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must contain a mapping at the top level")
+    return data
+
+
+def preset(mode: str) -> dict:
+    """The packaged YAML preset for ``mode`` (text or image)."""
+    if mode not in ("text", "image"):
+        raise ConfigError(f"unknown mode '{mode}' (expected 'text' or 'image')")
+    text = resources.files("dreamgs").joinpath("configs", f"{mode}.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text) or {}
+
+
+def load_config(
+    mode: str = "text",
+    config_file: str | Path | None = None,
+    overrides: typing.Sequence[str] = (),
+) -> Config:
+    """Resolve a config: defaults, then the mode preset, the user's YAML and the overrides."""
+    cfg = Config()
+    apply_dict(cfg, preset(mode), f"preset {mode}.yaml")
+    cfg.mode = mode
+    if config_file:
+        apply_dict(cfg, load_yaml(config_file), str(config_file))
+    for ov in overrides:
+        apply_override(cfg, ov)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Check value ranges that the types alone cannot express."""
+    if cfg.mode not in ("text", "image"):
+        raise ConfigError(f"mode: expected 'text' or 'image', got '{cfg.mode}'")
+    if cfg.backend not in ("auto", "gsplat", "torch"):
+        raise ConfigError(f"backend: expected auto, gsplat or torch, got '{cfg.backend}'")
+    if cfg.prior.t_schedule not in ("anneal", "random"):
+        raise ConfigError(f"prior.t_schedule: expected anneal or random, got '{cfg.prior.t_schedule}'")
+    if not 0.0 <= cfg.prior.t_min <= cfg.prior.t_max <= 1.0:
+        raise ConfigError("prior.t_min and prior.t_max must satisfy 0 <= t_min <= t_max <= 1")
+    if cfg.prior.dtype not in ("auto", "fp32", "fp16", "bf16"):
+        raise ConfigError(f"prior.dtype: expected auto, fp32, fp16 or bf16, got '{cfg.prior.dtype}'")
+    for name in ("iters", "batch_size", "ref_size"):
+        if getattr(cfg.stage1, name) < 1:
+            raise ConfigError(f"stage1.{name} must be at least 1")
+    if not cfg.stage1.render_sizes or any(s < 8 for s in cfg.stage1.render_sizes):
+        raise ConfigError("stage1.render_sizes must be a non-empty list of sizes >= 8")
+    if len(cfg.stage1.size_milestones) != len(cfg.stage1.render_sizes) - 1:
+        raise ConfigError("stage1.size_milestones needs one entry fewer than stage1.render_sizes")
+    if cfg.gaussians.num_points < 1:
+        raise ConfigError("gaussians.num_points must be at least 1")
+    if not 0 <= cfg.gaussians.sh_degree <= 3:
+        raise ConfigError("gaussians.sh_degree must be between 0 and 3")
+    if cfg.mesh.grid_resolution < 8:
+        raise ConfigError("mesh.grid_resolution must be at least 8")
+    if cfg.seed is not None and not 0 <= cfg.seed < 2**63:
+        raise ConfigError("seed must be a non-negative integer below 2**63")
+
+
+def to_dict(cfg: Config) -> dict:
+    """Plain-data form of a config (tuples as lists), suitable for YAML."""
+
+    def conv(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+
+    return conv(dataclasses.asdict(cfg))
+
+
+def from_dict(data: dict) -> Config:
+    """Rebuild a config from :func:`to_dict` output (e.g. a run's ``config.yaml``)."""
+    cfg = Config()
+    apply_dict(cfg, data, "config")
+    validate(cfg)
+    return cfg
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

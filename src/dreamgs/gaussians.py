@@ -1,0 +1,489 @@
+"""3D Gaussians: parameters, initialisation, optimiser, densification, and the 3DGS ``.ply`` format.
+
+Parameters are stored unconstrained, the way renderers and the ``.ply`` format expect them:
+
+- ``means`` (N, 3)
+- ``scales`` (N, 3): log of the standard deviations
+- ``quats`` (N, 4): rotation quaternions (w, x, y, z), not necessarily normalised
+- ``opacities`` (N,): logits
+- ``sh0`` (N, 1, 3) and ``shN`` (N, K-1, 3): spherical-harmonic colour coefficients,
+  K = (degree + 1)^2; colour = SH(view direction) + 0.5, clamped at 0.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import InputError
+
+PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
+
+# Real spherical-harmonic basis constants (degrees 0-3), as used by 3DGS renderers.
+SH_C0 = 0.28209479177387814
+SH_C1 = 0.4886025119029199
+SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792,
+         0.5462742152960396)
+SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
+         -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
+
+
+def rgb_to_sh(rgb: Tensor) -> Tensor:
+    return (rgb - 0.5) / SH_C0
+
+
+def sh_to_rgb(sh: Tensor) -> Tensor:
+    return sh * SH_C0 + 0.5
+
+
+def num_sh_bases(degree: int) -> int:
+    return (degree + 1) ** 2
+
+
+def eval_sh(degree: int, coeffs: Tensor, dirs: Tensor) -> Tensor:
+    """Evaluate SH colour. ``coeffs`` (..., K, 3), ``dirs`` (..., 3) unit vectors -> (..., 3)."""
+    out = SH_C0 * coeffs[..., 0, :]
+    if degree < 1:
+        return out
+    x, y, z = dirs[..., 0:1], dirs[..., 1:2], dirs[..., 2:3]
+    out = out - SH_C1 * y * coeffs[..., 1, :] + SH_C1 * z * coeffs[..., 2, :] - SH_C1 * x * coeffs[..., 3, :]
+    if degree < 2:
+        return out
+    xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
+    out = (out + SH_C2[0] * xy * coeffs[..., 4, :] + SH_C2[1] * yz * coeffs[..., 5, :]
+           + SH_C2[2] * (2.0 * zz - xx - yy) * coeffs[..., 6, :]
+           + SH_C2[3] * xz * coeffs[..., 7, :] + SH_C2[4] * (xx - yy) * coeffs[..., 8, :])
+    if degree < 3:
+        return out
+    return (out + SH_C3[0] * y * (3 * xx - yy) * coeffs[..., 9, :]
+            + SH_C3[1] * xy * z * coeffs[..., 10, :]
+            + SH_C3[2] * y * (4 * zz - xx - yy) * coeffs[..., 11, :]
+            + SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * coeffs[..., 12, :]
+            + SH_C3[4] * x * (4 * zz - xx - yy) * coeffs[..., 13, :]
+            + SH_C3[5] * z * (xx - yy) * coeffs[..., 14, :]
+            + SH_C3[6] * x * (xx - 3 * yy) * coeffs[..., 15, :])
+
+
+def quat_to_rotmat(quats: Tensor) -> Tensor:
+    """(N, 4) quaternions (w, x, y, z), normalised here -> (N, 3, 3) rotation matrices."""
+    q = quats / quats.norm(dim=-1, keepdim=True)
+    w, x, y, z = q.unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ], dim=-1).reshape(*q.shape[:-1], 3, 3)
+
+
+def nearest_neighbor_scales(points: Tensor, k: int = 3, chunk: int = 4096) -> Tensor:
+    """Root-mean-square distance of each point to its ``k`` nearest neighbours (N,), in torch.
+
+    Computed in chunks with ``torch.cdist`` so memory stays O(chunk * N), no CUDA extension.
+    """
+    n = points.shape[0]
+    if n <= 1:
+        return torch.full((n,), 0.01, dtype=points.dtype, device=points.device)
+    k = min(k, n - 1)
+    out = []
+    for i in range(0, n, chunk):
+        d = torch.cdist(points[i:i + chunk], points)
+        d[torch.arange(d.shape[0]), torch.arange(i, i + d.shape[0])] = float("inf")
+        nn = d.topk(k, dim=-1, largest=False).values
+        out.append(nn.square().mean(-1).sqrt())
+    return torch.cat(out).clamp_min(1e-7)
+
+
+class GaussianModel:
+    """A set of 3D Gaussians with trainable parameters (plain leaf tensors in ``params``)."""
+
+    def __init__(self, params: dict[str, Tensor], sh_degree: int | None = None):
+        missing = [k for k in PARAM_NAMES if k not in params]
+        if missing:
+            raise ValueError(f"missing Gaussian parameters: {missing}")
+        self.params = {k: params[k] for k in PARAM_NAMES}
+        k = 1 + self.params["shN"].shape[1]
+        degree = int(round(math.sqrt(k))) - 1
+        if num_sh_bases(degree) != k:
+            raise ValueError(f"{k} SH coefficients per channel is not (degree+1)^2")
+        self.sh_degree = degree if sh_degree is None else sh_degree  # active degree <= stored
+
+    # -- construction -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_points(cls, points: Tensor, colors: Tensor | None = None, opacity: float = 0.1,
+                    sh_degree: int = 0, scales: Tensor | None = None) -> "GaussianModel":
+        points = points.float()
+        n, dev = points.shape[0], points.device
+        if colors is None:
+            colors = torch.full((n, 3), 0.5, device=dev)
+        if scales is None:
+            scales = nearest_neighbor_scales(points)[:, None].expand(n, 3)
+        quats = torch.zeros(n, 4, device=dev)
+        quats[:, 0] = 1.0
+        params = {
+            "means": points.clone(),
+            "scales": torch.log(scales.float()).clone(),
+            "quats": quats,
+            "opacities": torch.full((n,), math.log(opacity / (1 - opacity)), device=dev),
+            "sh0": rgb_to_sh(colors.float())[:, None, :].clone(),
+            "shN": torch.zeros(n, num_sh_bases(sh_degree) - 1, 3, device=dev),
+        }
+        return cls(params)
+
+    @classmethod
+    def random_ball(cls, num_points: int, radius: float = 0.5, opacity: float = 0.1, color: float = 0.5,
+                    sh_degree: int = 0, device="cpu", generator: torch.Generator | None = None
+                    ) -> "GaussianModel":
+        """Points uniform in a ball (DreamGaussian's initialisation)."""
+        g = generator
+        direction = torch.randn(num_points, 3, generator=g)
+        direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        r = radius * torch.rand(num_points, 1, generator=g).pow(1.0 / 3.0)
+        points = (direction * r).to(device)
+        colors = torch.full((num_points, 3), color, device=device)
+        return cls.from_points(points, colors, opacity=opacity, sh_degree=sh_degree)
+
+    # -- derived quantities ---------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self.params["means"].shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.params["means"].device
+
+    @property
+    def means(self) -> Tensor:
+        return self.params["means"]
+
+    @property
+    def scales(self) -> Tensor:
+        """Standard deviations (N, 3)."""
+        return torch.exp(self.params["scales"])
+
+    @property
+    def quats(self) -> Tensor:
+        """Unit quaternions (N, 4)."""
+        q = self.params["quats"]
+        return q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    @property
+    def opacities(self) -> Tensor:
+        return torch.sigmoid(self.params["opacities"])
+
+    @property
+    def sh(self) -> Tensor:
+        return torch.cat([self.params["sh0"], self.params["shN"]], dim=1)
+
+    def covariances(self) -> Tensor:
+        """World-space covariance matrices (N, 3, 3)."""
+        R = quat_to_rotmat(self.params["quats"])
+        S2 = self.scales.square()
+        return (R * S2[:, None, :]) @ R.transpose(-1, -2)
+
+    def colors(self, campos: Tensor | None = None) -> Tensor:
+        """RGB per Gaussian: (N, 3) for degree 0, else (C, N, 3) for camera centres (C, 3)."""
+        if self.sh_degree == 0 or campos is None:
+            return (SH_C0 * self.params["sh0"][:, 0, :] + 0.5).clamp_min(0.0)
+        k = num_sh_bases(self.sh_degree)
+        dirs = self.means[None] - campos[:, None, :]
+        dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return (eval_sh(self.sh_degree, self.sh[None, :, :k], dirs) + 0.5).clamp_min(0.0)
+
+    # -- utilities ------------------------------------------------------------------------------
+
+    def requires_grad_(self, flag: bool = True) -> "GaussianModel":
+        for p in self.params.values():
+            p.requires_grad_(flag)
+        return self
+
+    def detach(self) -> "GaussianModel":
+        return GaussianModel({k: v.detach().clone() for k, v in self.params.items()}, self.sh_degree)
+
+    def to(self, device) -> "GaussianModel":
+        return GaussianModel({k: v.detach().to(device) for k, v in self.params.items()}, self.sh_degree)
+
+    def subset(self, mask: Tensor) -> "GaussianModel":
+        return GaussianModel({k: v.detach()[mask].clone() for k, v in self.params.items()}, self.sh_degree)
+
+    def bounds(self) -> tuple[Tensor, Tensor]:
+        return self.means.detach().amin(0), self.means.detach().amax(0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Optimiser and learning-rate schedule
+
+
+def log_linear(step: int, lr_init: float, lr_final: float, max_steps: int) -> float:
+    """Exponential (log-linear) interpolation from lr_init to lr_final over max_steps."""
+    if max_steps <= 0:
+        return lr_final
+    t = min(max(step / max_steps, 0.0), 1.0)
+    return math.exp(math.log(lr_init) * (1 - t) + math.log(lr_final) * t)
+
+
+def make_optimizer(model: GaussianModel, cfg, spatial_scale: float = 1.0, fused: bool | None = None
+                   ) -> torch.optim.Adam:
+    """Adam with one parameter group per parameter, learning rates from a GaussianConfig."""
+    model.requires_grad_(True)
+    lrs = {
+        "means": cfg.lr_position_init * spatial_scale,
+        "scales": cfg.lr_scale,
+        "quats": cfg.lr_rotation,
+        "opacities": cfg.lr_opacity,
+        "sh0": cfg.lr_color,
+        "shN": cfg.lr_color / 20.0,
+    }
+    groups = [{"params": [model.params[k]], "lr": lrs[k], "name": k} for k in PARAM_NAMES]
+    kwargs = {}
+    if fused is None:
+        fused = model.device.type == "cuda"
+    if fused:
+        kwargs["fused"] = True
+    return torch.optim.Adam(groups, lr=0.0, eps=cfg.adam_eps, **kwargs)
+
+
+def update_learning_rate(optimizer: torch.optim.Optimizer, step: int, cfg, spatial_scale: float = 1.0
+                         ) -> float:
+    """Apply the position schedule for ``step``; returns the position learning rate."""
+    lr = log_linear(step, cfg.lr_position_init * spatial_scale, cfg.lr_position_final * spatial_scale,
+                    cfg.lr_position_steps)
+    for group in optimizer.param_groups:
+        if group["name"] == "means":
+            group["lr"] = lr
+    return lr
+
+
+def _replace_params(model: GaussianModel, optimizer: torch.optim.Optimizer | None, param_fn,
+                    state_fn=None) -> None:
+    """Replace each parameter by ``param_fn(name, tensor)`` and Adam's moments by ``state_fn``.
+
+    ``state_fn`` defaults to ``param_fn`` (right for row selections, which act alike on both).
+    """
+    state_fn = state_fn or param_fn
+    for name in PARAM_NAMES:
+        old = model.params[name]
+        new = param_fn(name, old.detach()).requires_grad_(True)
+        if optimizer is not None:
+            for group in optimizer.param_groups:
+                if group["params"][0] is old:
+                    state = optimizer.state.pop(old, None)
+                    if state:
+                        for key in ("exp_avg", "exp_avg_sq"):
+                            if key in state:
+                                state[key] = state_fn(name, state[key])
+                        optimizer.state[new] = state
+                    group["params"][0] = new
+        model.params[name] = new
+
+
+# ------------------------------------------------------------------------------------------------
+# Densification
+
+
+@dataclass
+class DensifyStats:
+    """View-space gradient statistics, accumulated over every view rendered since the last reset."""
+
+    grad_sum: Tensor  # (N,)
+    count: Tensor  # (N,)
+
+    @classmethod
+    def zeros(cls, n: int, device) -> "DensifyStats":
+        return cls(torch.zeros(n, device=device), torch.zeros(n, device=device))
+
+    def add(self, means2d_grad: Tensor, visible: Tensor, width: int, height: int) -> None:
+        """Accumulate one step. ``means2d_grad`` (C, N, 2) in pixels, ``visible`` (C, N) bool.
+
+        Pixel gradients are converted to NDC units (times W/2, H/2) and multiplied by C, since the
+        loss averages over the C views of the step; every view counts, not only the last one.
+        """
+        c = means2d_grad.shape[0]
+        g = means2d_grad.detach().clone()
+        g[..., 0] *= width / 2.0 * c
+        g[..., 1] *= height / 2.0 * c
+        norms = g.norm(dim=-1) * visible
+        self.grad_sum += norms.sum(0)
+        self.count += visible.sum(0).to(self.count.dtype)
+
+    def mean(self) -> Tensor:
+        return torch.where(self.count > 0, self.grad_sum / self.count.clamp_min(1), torch.zeros_like(self.grad_sum))
+
+
+def densify_and_prune(model: GaussianModel, optimizer: torch.optim.Optimizer | None, stats: DensifyStats,
+                      cfg, generator: torch.Generator | None = None) -> dict[str, int]:
+    """Clone small, split large high-gradient Gaussians, then prune transparent or huge ones.
+
+    Returns the counts of cloned, split and pruned Gaussians. ``stats`` must be reset afterwards.
+    """
+    with torch.no_grad():
+        n0 = len(model)
+        grads = stats.mean()
+        max_scale = model.scales.amax(-1)
+        want = grads >= cfg.grad_threshold
+        room = max(cfg.max_gaussians - n0, 0)
+        clone = want & (max_scale <= cfg.split_scale)
+        split = want & (max_scale > cfg.split_scale)
+        # Respect the Gaussian budget: keep the highest-gradient candidates.
+        if int(clone.sum()) + int(split.sum()) > room:
+            order = torch.argsort(torch.where(want, grads, torch.full_like(grads, -1.0)), descending=True)
+            keep = torch.zeros_like(want)
+            keep[order[:room]] = True
+            clone, split = clone & keep, split & keep
+        n_clone, n_split = int(clone.sum()), int(split.sum())
+
+        # Split: two samples from each parent's Gaussian, scales shrunk by 1.6.
+        idx_split = split.nonzero(as_tuple=True)[0]
+        if n_split:
+            std = model.scales[idx_split].repeat(2, 1)
+            noise = torch.randn(std.shape, generator=generator, device="cpu").to(std.device) * std
+            R = quat_to_rotmat(model.params["quats"][idx_split]).repeat(2, 1, 1)
+            new_means = (R @ noise[..., None])[..., 0] + model.means[idx_split].repeat(2, 1)
+        idx_clone = clone.nonzero(as_tuple=True)[0]
+
+        n_new = n_clone + 2 * n_split
+
+        def grow(name: str, t: Tensor) -> Tensor:
+            parts = [t, t[idx_clone]]
+            if n_split:
+                if name == "means":
+                    parts.append(new_means)
+                elif name == "scales":
+                    parts.append(t[idx_split].repeat(2, 1) - math.log(1.6))
+                else:
+                    parts.append(t[idx_split].repeat(2, *([1] * (t.dim() - 1))))
+            return torch.cat(parts)
+
+        def grow_state(name: str, t: Tensor) -> Tensor:  # new Gaussians start with zero moments
+            return torch.cat([t, t.new_zeros((n_new, *t.shape[1:]))])
+
+        if n_new:
+            _replace_params(model, optimizer, grow, grow_state)
+            keep = torch.ones(len(model), dtype=torch.bool, device=model.device)
+            keep[idx_split] = False  # split parents are replaced by their two children
+            _replace_params(model, optimizer, lambda name, t: t[keep])
+
+        prune = (model.opacities < cfg.min_opacity) | (model.scales.amax(-1) > cfg.prune_scale)
+        if prune.all():  # never prune to nothing; keep the most opaque Gaussian
+            prune[model.opacities.argmax()] = False
+        n_prune = int(prune.sum())
+        if n_prune:
+            _replace_params(model, optimizer, lambda name, t: t[~prune])
+    return {"cloned": n_clone, "split": n_split, "pruned": n_prune, "total": len(model)}
+
+
+def reset_opacity(model: GaussianModel, optimizer: torch.optim.Optimizer | None, max_opacity: float = 0.01
+                  ) -> None:
+    """Clamp opacities to ``max_opacity`` (3DGS's periodic reset) and clear their Adam moments."""
+    logit = math.log(max_opacity / (1 - max_opacity))
+    _replace_params(model, optimizer,
+                    lambda name, t: t.clamp_max(logit) if name == "opacities" else t,
+                    lambda name, t: torch.zeros_like(t) if name == "opacities" else t)
+
+
+# ------------------------------------------------------------------------------------------------
+# The 3DGS .ply format
+
+PLY_SH0_VIEWER_DEGREE = 3  # SH0 models are written padded to degree 3 (see save_ply)
+
+
+def _ply_property_names(n_rest: int) -> list[str]:
+    return (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+            + [f"f_rest_{i}" for i in range(n_rest)]
+            + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
+
+
+def save_ply(model: GaussianModel, path: str | os.PathLike, pad_sh_degree: int | None = None) -> Path:
+    """Write the standard 3DGS layout (binary little-endian, float32), atomically.
+
+    Properties: ``x y z nx ny nz f_dc_0..2 f_rest_* opacity scale_0..2 rot_0..3``; f_rest is stored
+    channel-major (all R coefficients, then G, then B), as the reference implementation does.
+    ``pad_sh_degree`` pads higher SH bands with zeros (see the README on viewer compatibility).
+    """
+    from plyfile import PlyData, PlyElement
+
+    path = Path(path)
+    p = {k: v.detach().float().cpu() for k, v in model.params.items()}
+    n = p["means"].shape[0]
+    shN = p["shN"]
+    if pad_sh_degree is not None and num_sh_bases(pad_sh_degree) - 1 > shN.shape[1]:
+        shN = torch.cat([shN, torch.zeros(n, num_sh_bases(pad_sh_degree) - 1 - shN.shape[1], 3)], dim=1)
+    f_rest = shN.transpose(1, 2).reshape(n, -1)
+    cols = [p["means"], torch.zeros(n, 3), p["sh0"].reshape(n, 3), f_rest, p["opacities"][:, None],
+            p["scales"], p["quats"]]
+    data = torch.cat(cols, dim=1).numpy().astype("<f4")
+    names = _ply_property_names(f_rest.shape[1])
+    arr = np.empty(n, dtype=[(name, "<f4") for name in names])
+    for i, name in enumerate(names):
+        arr[name] = data[:, i]
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        PlyData([PlyElement.describe(arr, "vertex")], byte_order="<").write(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_ply(path: str | os.PathLike, device="cpu") -> GaussianModel:
+    """Read a 3DGS ``.ply``. Raises :class:`InputError` naming the file and the problem."""
+    from plyfile import PlyData
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        with open(path, "rb") as f:
+            ply = PlyData.read(f)
+    except Exception as e:  # plyfile raises several types for malformed files
+        raise InputError(f"{path}: not a readable .ply file ({type(e).__name__}: {e})") from None
+    names = [el.name for el in ply.elements]
+    if "vertex" not in names:
+        raise InputError(f"{path}: no 'vertex' element; this is not a 3D Gaussian .ply")
+    v = ply["vertex"]
+    props = [prop.name for prop in v.properties]
+    required = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
+                "rot_0", "rot_1", "rot_2", "rot_3"]
+    missing = [r for r in required if r not in props]
+    if missing:
+        raise InputError(f"{path}: missing 3DGS properties {', '.join(missing)}"
+                         " (is this a point cloud or mesh rather than a Gaussian splat file?)")
+    rest = sorted((p for p in props if p.startswith("f_rest_")), key=lambda s: int(s.split("_")[-1])
+                  if s.split("_")[-1].isdigit() else -1)
+    if any(not r.split("_")[-1].isdigit() for r in rest) or [int(r.split("_")[-1]) for r in rest] != list(range(len(rest))):
+        raise InputError(f"{path}: f_rest_* properties are not numbered 0..{len(rest) - 1}")
+    if len(rest) % 3 or num_sh_bases(int(round(math.sqrt(len(rest) // 3 + 1))) - 1) != len(rest) // 3 + 1:
+        raise InputError(f"{path}: {len(rest)} f_rest_* properties do not match any SH degree")
+    n = len(v.data)
+    if n == 0:
+        raise InputError(f"{path}: the file holds no Gaussians")
+
+    def col(names_: list[str]) -> Tensor:
+        try:
+            cols = [np.asarray(v.data[name], dtype=np.float32) for name in names_]
+        except Exception as e:
+            raise InputError(f"{path}: unreadable vertex data ({e})") from None
+        return torch.from_numpy(np.stack(cols, axis=1).copy()) if cols else torch.zeros(n, 0)
+
+    k1 = len(rest) // 3
+    params = {
+        "means": col(["x", "y", "z"]),
+        "sh0": col(["f_dc_0", "f_dc_1", "f_dc_2"]).reshape(n, 1, 3),
+        "shN": col(rest).reshape(n, 3, k1).transpose(1, 2).contiguous(),
+        "opacities": col(["opacity"]).reshape(n),
+        "scales": col(["scale_0", "scale_1", "scale_2"]),
+        "quats": col(["rot_0", "rot_1", "rot_2", "rot_3"]),
+    }
+    for k, t in params.items():
+        if not torch.isfinite(t).all():
+            raise InputError(f"{path}: non-finite values in {k}")
+    if (params["quats"].norm(dim=-1) == 0).any():
+        raise InputError(f"{path}: zero-length rotation quaternions")
+    return GaussianModel({k: t.to(device) for k, t in params.items()})
