@@ -1,0 +1,90 @@
+"""The one small interface every 2D prior implements, and helpers shared by the priors.
+
+A prior is built already conditioned (on a prompt, or on a reference image) and offers:
+
+- ``sds(images, cams, progress)``: a scalar loss whose gradient with respect to ``images`` is the
+  score-distillation gradient ``w(t) (eps_hat_cfg - eps)`` (through the VAE encoder for latent
+  priors). ``progress`` in [0, 1] is the fraction of training done; it drives timestep annealing.
+- ``refine(images, cams, strength, steps)``: SDEdit: noise the images to timestep
+  ``strength * T`` and denoise them back with ``steps`` DDIM steps.
+
+Images are (B, 3, H, W) in [0, 1] at any size; priors resize to their own ``resolution``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..cameras import Cameras
+
+VIEW_BUCKETS = ("front", "side", "back", "overhead")
+
+
+class Prior(ABC):
+    """A 2D diffusion prior conditioned on a prompt or an input view."""
+
+    name: str = "prior"
+    resolution: int = 64  # the square image size the prior works at
+
+    @abstractmethod
+    def sds(self, images: Tensor, cams: Cameras, progress: float) -> Tensor:
+        """Score-distillation loss for rendered ``images`` seen from ``cams``."""
+
+    @abstractmethod
+    def refine(self, images: Tensor, cams: Cameras, strength: float, steps: int) -> Tensor:
+        """SDEdit-refined copies of ``images`` (no gradient), same size as the input."""
+
+    def describe(self) -> str:
+        return self.name
+
+
+def timestep_fraction(progress: float, t_min: float, t_max: float, schedule: str,
+                      generator: torch.Generator | None = None) -> float:
+    """Diffusion time in [t_min, t_max] as a fraction of T.
+
+    ``anneal`` goes linearly from t_max at the start of training to t_min at the end;
+    ``random`` draws uniformly from the range at every step.
+    """
+    if schedule == "random":
+        u = float(torch.rand((), generator=generator))
+        return t_min + (t_max - t_min) * u
+    p = min(max(progress, 0.0), 1.0)
+    return t_max - (t_max - t_min) * p
+
+
+def view_bucket(elevation: float, azimuth: float) -> str:
+    """View-dependent prompt bucket for a camera (degrees; negative elevation is above).
+
+    overhead: more than 60 degrees above; front: |azimuth| < 45; back: |azimuth| > 135;
+    side otherwise. Azimuth 0 is the front (the input view in image mode).
+    """
+    if elevation < -60.0:
+        return "overhead"
+    a = abs((azimuth + 180.0) % 360.0 - 180.0)
+    if a < 45.0:
+        return "front"
+    if a > 135.0:
+        return "back"
+    return "side"
+
+
+def view_prompt(prompt: str, bucket: str) -> str:
+    return f"{prompt}, {bucket} view"
+
+
+def sds_loss(latents: Tensor, grad: Tensor) -> Tensor:
+    """Loss whose gradient with respect to ``latents`` is ``grad / B`` (B = batch size)."""
+    target = (latents - grad).detach()
+    return 0.5 * F.mse_loss(latents.float(), target.float(), reduction="sum") / latents.shape[0]
+
+
+def resize(images: Tensor, size: int) -> Tensor:
+    """Bilinear resize of (B, C, H, W) to (B, C, size, size), antialiased when shrinking."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    shrink = images.shape[-1] > size
+    return F.interpolate(images, (size, size), mode="bilinear", align_corners=False, antialias=shrink)
