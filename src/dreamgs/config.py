@@ -109,6 +109,8 @@ class MeshConfig:
     opacity_threshold: float = 0.005
     min_component_fraction: float = 0.02  # drop components smaller than this fraction of faces
     target_faces: int = 100_000
+    grid_margin: float = 0.1  # grid half-size = (1 + margin) * half-extent of the means + 3 sigma
+    fill_cavities: bool = True  # fill enclosed empty regions, so hollow shells give one surface
 
 
 @dataclass
