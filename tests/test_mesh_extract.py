@@ -188,3 +188,119 @@ def test_extract_known_shapes(name, sdf, sampler, half):
     assert tm.volume > 0  # counter-clockwise from outside
     assert len(tm.split(only_watertight=False)) == 1
     assert mesh.vertices.dtype == torch.float32 and mesh.faces.dtype == torch.int64
+
+
+def test_hollow_shell_gives_one_outer_surface():
+    """A fitted model is often a shell: cavity filling leaves only the outer surface."""
+    import trimesh
+
+    model = filled_model(sdf_sphere, spacing=0.04, extent=0.6, shell=0.12)
+    filled = extract_mesh(model, MeshConfig(grid_resolution=48, target_faces=0))
+    hollow = extract_mesh(model, MeshConfig(grid_resolution=48, target_faces=0, fill_cavities=False))
+    tm = trimesh.Trimesh(filled.vertices.numpy(), filled.faces.numpy(), process=False)
+    assert len(tm.split(only_watertight=False)) == 1 and tm.is_watertight
+    r = np.linalg.norm(tm.vertices, axis=1)
+    assert abs(r.mean() - 0.5) < 0.015 and r.min() > 0.45
+    th = trimesh.Trimesh(hollow.vertices.numpy(), hollow.faces.numpy(), process=False)
+    parts = th.split(only_watertight=False)
+    assert len(parts) == 2  # outer wall and the inner wall of the cavity
+    inner = min(parts, key=lambda p: p.area)
+    assert inner.volume < 0  # the cavity wall faces inwards, into the empty space
+    assert filled.num_faces < hollow.num_faces
+
+
+def test_decimation_reaches_target_and_stays_closed():
+    import trimesh
+
+    model = filled_model(sdf_torus, spacing=0.04, extent=0.6)
+    full = extract_mesh(model, MeshConfig(grid_resolution=64, target_faces=0))
+    assert full.num_faces > 10_000
+    for target in (5000, 1500):
+        mesh = extract_mesh(model, MeshConfig(grid_resolution=64, target_faces=target))
+        assert 0.9 * target <= mesh.num_faces <= target
+        tm = trimesh.Trimesh(mesh.vertices.numpy(), mesh.faces.numpy(), process=False)
+        assert tm.is_watertight and tm.volume > 0
+        assert tm.euler_number == 0  # still a torus
+
+
+def test_empty_model_raises():
+    model = filled_model(sdf_sphere, spacing=0.1, extent=0.6)
+    transparent = model.detach()
+    transparent.params["opacities"][:] = -10.0  # opacity 4.5e-5, below the 0.005 threshold
+    with pytest.raises(InputError, match="empty"):
+        extract_mesh(transparent)
+    with pytest.raises(InputError, match="empty"):
+        density_grid(transparent)
+    faint = model.detach()
+    faint.params["opacities"][:] = -3.0  # visible but the density never reaches 1
+    with pytest.raises(InputError, match="empty"):
+        extract_mesh(faint, MeshConfig(grid_resolution=32))
+
+
+# ------------------------------------------------------------------------------------------------
+# Clean-up on hand-made meshes
+
+
+def cube(offset=(0.0, 0.0, 0.0), size=1.0):
+    import trimesh
+
+    m = trimesh.creation.box(extents=(size, size, size))
+    return np.asarray(m.vertices) + np.asarray(offset), np.asarray(m.faces, np.int64)
+
+
+def combine(*parts):
+    vs, fs, n = [], [], 0
+    for v, f in parts:
+        vs.append(v)
+        fs.append(f + n)
+        n += len(v)
+    return np.concatenate(vs), np.concatenate(fs)
+
+
+def test_clean_cuts_cubes_touching_along_an_edge():
+    """Two closed cubes sharing an edge (4 faces on it): cut into two closed manifolds."""
+    import trimesh
+
+    v, f = combine(cube((0, 0, 0)), cube((1, 1, 0)))
+    # Weld: the shared edge's vertices coincide, which makes that edge non-manifold.
+    v, f = clean_mesh(v, f, merge_tol=1e-6)
+    edges = np.sort(np.stack([f, np.roll(f, -1, 1)], -1).reshape(-1, 2), axis=1)
+    assert np.unique(edges, axis=0, return_counts=True)[1].max() == 2
+    tm = trimesh.Trimesh(v, f, process=False)
+    assert tm.is_watertight and len(tm.split()) == 2 and abs(tm.volume - 2.0) < 1e-9
+
+
+def test_clean_splits_bowtie_vertex_and_fixes_orientation():
+    import trimesh
+
+    a = trimesh.creation.icosahedron()
+    va, fa = np.asarray(a.vertices), np.asarray(a.faces, np.int64)
+    top = va[:, 2].argmax()
+    # Reflect through the top vertex: a second icosahedron touching the first at that vertex.
+    # The reflection (det -1) turns the same faces inside out.
+    vb = 2 * va[top] - va
+    assert trimesh.Trimesh(vb, fa, process=False).volume < 0
+    v, f = clean_mesh(*combine((va, fa), (vb, fa)), merge_tol=1e-6)
+    tm = trimesh.Trimesh(v, f, process=False)
+    parts = tm.split(only_watertight=False)
+    assert len(parts) == 2
+    assert all(p.is_watertight and p.volume > 0 for p in parts)
+    assert len(v) == 24  # the shared vertex was welded, then split again into one per fan
+
+
+def test_clean_removes_degenerate_duplicate_faces_and_small_parts():
+    import trimesh
+
+    big = trimesh.creation.icosphere(3)
+    small = trimesh.creation.icosphere(0, radius=0.05)
+    vb, fb = np.asarray(big.vertices), np.asarray(big.faces, np.int64)
+    vs, fs = np.asarray(small.vertices) + 3.0, np.asarray(small.faces, np.int64)
+    v, f = combine((vb, fb), (vs, fs))
+    extra = np.array([[0, 0, 1], [1, 2, 1], fb[5], fb[7][[1, 2, 0]]])  # repeated indices, duplicates
+    v2, f2 = clean_mesh(v, np.concatenate([f, extra]), merge_tol=1e-6, min_component_fraction=0.05)
+    assert len(f2) == len(fb) and len(v2) == len(vb)
+    tm = trimesh.Trimesh(v2, f2, process=False)
+    assert tm.is_watertight and abs(tm.volume - big.volume) < 1e-9
+    # Without the fraction, the small sphere survives.
+    v3, f3 = clean_mesh(v, f, merge_tol=1e-6)
+    assert len(f3) == len(fb) + len(fs)

@@ -305,6 +305,46 @@ def _signed_volumes(v: np.ndarray, f: np.ndarray, label: np.ndarray, n: int) -> 
     return np.bincount(label, weights=vol, minlength=n)
 
 
+def _winding_numbers(v: np.ndarray, f: np.ndarray, label: np.ndarray, n: int, points: np.ndarray) -> np.ndarray:
+    """Generalised winding number of each point (P, 3) with respect to each component: (P, n).
+
+    Sum of the signed solid angles of the component's triangles (Van Oosterom-Strackee) over 4 pi:
+    +-1 inside a closed component, 0 outside.
+    """
+    out = np.zeros((len(points), n))
+    tri = v[f]
+    for i, p in enumerate(points):
+        a, b, c = tri[:, 0] - p, tri[:, 1] - p, tri[:, 2] - p
+        la, lb, lc = (np.linalg.norm(x, axis=1) for x in (a, b, c))
+        num = np.einsum("ij,ij->i", a, np.cross(b, c))
+        den = (la * lb * lc + np.einsum("ij,ij->i", a, b) * lc + np.einsum("ij,ij->i", b, c) * la
+               + np.einsum("ij,ij->i", c, a) * lb)
+        out[i] = np.bincount(label, weights=2.0 * np.arctan2(num, den), minlength=n) / (4 * np.pi)
+    return out
+
+
+def _nesting_depth(v: np.ndarray, f: np.ndarray, label: np.ndarray, n: int, samples: int = 3) -> np.ndarray:
+    """How many other components enclose each component (0 = outermost).
+
+    Tested at the centroids of a few of the component's faces (majority vote), so components
+    that touch another one at a vertex or an edge are still classified correctly.
+    """
+    if n == 1:
+        return np.zeros(1, np.int64)
+    order = np.argsort(label, kind="stable")
+    starts = np.searchsorted(label[order], np.arange(n))
+    sizes = np.bincount(label, minlength=n)
+    pick = [order[starts[c] + (np.arange(samples) * sizes[c]) // samples] for c in range(n)]
+    pick = np.concatenate(pick)
+    owner = label[pick]
+    w = _winding_numbers(v, f, label, n, v[f[pick]].mean(1))
+    inside = np.abs(w) > 0.5
+    inside[np.arange(len(pick)), owner] = False
+    votes = np.zeros((n, n))
+    np.add.at(votes, owner, inside)
+    return (votes > samples / 2).sum(1)
+
+
 def clean_mesh(vertices: np.ndarray, faces: np.ndarray, merge_tol: float, min_component_fraction: float = 0.0
                ) -> tuple[np.ndarray, np.ndarray]:
     """Clean an indexed triangle mesh (numpy float64 / int64).
@@ -313,7 +353,9 @@ def clean_mesh(vertices: np.ndarray, faces: np.ndarray, merge_tol: float, min_co
     ``merge_tol^2 * 1e-6`` or the same vertex set as an earlier face; make winding consistent and
     cut non-manifold edges and vertices apart; drop connected components with fewer than
     ``min_component_fraction`` of all faces (the largest is always kept); finally orient every
-    closed component so its faces are counter-clockwise seen from outside (positive volume).
+    component so its faces are counter-clockwise seen from outside the solid: positive volume,
+    except the walls of cavities (components inside an odd number of others), which face into
+    the cavity.
     """
     import trimesh
 
@@ -337,8 +379,10 @@ def clean_mesh(vertices: np.ndarray, faces: np.ndarray, merge_tol: float, min_co
     keep = keep_comp[label]
     f, label = f[keep], np.unique(label[keep], return_inverse=True)[1]
     n = int(label.max()) + 1
-    # Outward orientation: flip components whose signed volume is negative.
-    flip = _signed_volumes(v, f, label, n) < 0
+    # Outward orientation: a component enclosed by an odd number of others is the wall of a
+    # cavity and must face into it (negative volume); every other one gets positive volume.
+    want_negative = _nesting_depth(v, f, label, n) % 2 == 1
+    flip = (_signed_volumes(v, f, label, n) < 0) != want_negative
     f = np.where(flip[label][:, None], f[:, ::-1], f)
     used = np.zeros(len(v), bool)
     used[f.reshape(-1)] = True
