@@ -58,22 +58,25 @@ class _Splats:
     whiten: Tensor  # (N, 3, 3) W = S^-1 R^T, so that (x-mu)^T Sigma^-1 (x-mu) = |W (x-mu)|^2
     opacities: Tensor  # (N,)
     half_box: Tensor  # (N, 3) half-size of the cutoff-sigma axis-aligned bounding box
-    sigma_max: Tensor  # (N,) largest standard deviation
 
 
-def _splats(model: GaussianModel, opacity_threshold: float, cutoff: float, dtype) -> _Splats:
+def _kept(model: GaussianModel, opacity_threshold: float) -> Tensor:
+    keep = model.opacities.detach() > opacity_threshold
+    if not bool(keep.any()):
+        raise InputError(f"the model is empty: none of its {len(model)} Gaussians has an opacity "
+                         f"above {opacity_threshold:g}")
+    return keep
+
+
+def _splats(model: GaussianModel, keep: Tensor, cutoff: float, min_sigma: float, dtype) -> _Splats:
     with torch.no_grad():
-        keep = model.opacities > opacity_threshold
-        if not bool(keep.any()):
-            raise InputError(f"the model is empty: none of its {len(model)} Gaussians has an opacity "
-                             f"above {opacity_threshold:g}")
         means = model.means[keep].to(dtype)
-        scales = model.scales[keep].to(dtype).clamp_min(1e-12)
+        scales = model.scales[keep].to(dtype).clamp_min(max(min_sigma, 1e-12))
         R = quat_to_rotmat(model.params["quats"][keep].to(dtype))
         whiten = R.transpose(-1, -2) / scales[:, :, None]
         # Axis-aligned box of the cutoff-sigma ellipsoid: |x_a - mu_a| <= cutoff * sqrt(Sigma_aa).
         var = (R.square() * scales.square()[:, None, :]).sum(-1)
-        return _Splats(means, whiten, model.opacities[keep].to(dtype), cutoff * var.sqrt(), scales.amax(-1))
+        return _Splats(means, whiten, model.opacities[keep].to(dtype), cutoff * var.sqrt())
 
 
 def _box_cells(count: Tensor) -> tuple[Tensor, Tensor]:
@@ -145,7 +148,8 @@ def _splat_block(s: _Splats, g: Tensor, first: Tensor, last: Tensor, lo: Tensor,
 
 def density_grid(model: GaussianModel, resolution: int = 128, block_size: int = 16,
                  opacity_threshold: float = 0.005, margin: float = 0.1, cutoff: float = 3.0,
-                 max_pairs: int = 1 << 20, dtype: torch.dtype = torch.float32) -> DensityGrid:
+                 min_sigma: float = 0.0, max_pairs: int = 1 << 20,
+                 dtype: torch.dtype = torch.float32) -> DensityGrid:
     """Sample the Gaussians' density on a ``resolution``^3 grid, on the model's device.
 
     The grid is a cube centred on the means of the Gaussians with opacity above
@@ -158,21 +162,29 @@ def density_grid(model: GaussianModel, resolution: int = 128, block_size: int = 
     its box, so every contribution that is dropped is below ``opacity * exp(-cutoff^2 / 2)``.
     Memory is bounded by ``max_pairs`` (Gaussian, point) pairs at a time (about 150 bytes
     each) and the cost grows with the occupied space only.
+
+    ``min_sigma`` (in grid spacings) widens every Gaussian to at least that standard deviation
+    along each axis, keeping its opacity: a flat Gaussian thinner than the grid spacing falls
+    between grid points and would leave holes in the surface (fitted 3DGS models are made of
+    such disks). 0 evaluates the exact density.
     """
     if resolution < 2:
         raise InputError(f"resolution: need at least 2 grid points per axis, got {resolution}")
     if block_size < 1:
         raise InputError(f"block_size: must be at least 1, got {block_size}")
-    s = _splats(model, opacity_threshold, cutoff, dtype)
-    device = s.means.device
-    lo, hi = s.means.amin(0), s.means.amax(0)
-    centre = (lo + hi) / 2
-    sig = torch.sort(s.sigma_max).values
-    pad = 3.0 * sig[int(0.95 * (len(sig) - 1))]
-    half = float(((hi - lo).amax() / 2) * (1.0 + margin) + pad)
-    half = max(half, 1e-6)
-    spacing = 2.0 * half / (resolution - 1)
-    origin = centre - half
+    keep = _kept(model, opacity_threshold)
+    with torch.no_grad():
+        means = model.means[keep].to(dtype)
+        device = means.device
+        lo, hi = means.amin(0), means.amax(0)
+        centre = (lo + hi) / 2
+        sig = torch.sort(model.scales[keep].amax(-1).to(dtype)).values
+        pad = 3.0 * sig[int(0.95 * (len(sig) - 1))]
+        half = float(((hi - lo).amax() / 2) * (1.0 + margin) + pad)
+        half = max(half, 1e-6)
+        spacing = 2.0 * half / (resolution - 1)
+        origin = centre - half
+    s = _splats(model, keep, cutoff, min_sigma * spacing, dtype)
 
     # Grid points inside each Gaussian's box, then the (Gaussian, block) pairs, sorted by block.
     u = (s.means - origin) / spacing
@@ -205,21 +217,41 @@ def density_grid(model: GaussianModel, resolution: int = 128, block_size: int = 
 
 
 def _remove_degenerate_and_duplicate(v: np.ndarray, f: np.ndarray, area_eps: float) -> np.ndarray:
-    """Faces without repeated indices, with area above ``area_eps``, each vertex set once."""
+    """Drop faces with repeated indices or area at most ``area_eps``, and resolve faces that
+    share a vertex set: copies with the same orientation are kept once, and a face together
+    with its reverse cancel (a two-sided sliver of zero volume, as decimation can leave).
+    Faces that remain keep their order."""
     f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])]
     if len(f):
         tri = v[f]
         area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
         f = f[area > area_eps]
-    if len(f):
-        sf = np.sort(f, axis=1)
-        n = int(f.max()) + 1
-        if n < 2_000_000:  # one int64 key per face is much faster than unique rows
-            _, first = np.unique((sf[:, 0] * n + sf[:, 1]) * n + sf[:, 2], return_index=True)
-        else:
-            _, first = np.unique(sf, axis=0, return_index=True)
-        f = f[np.sort(first)]
-    return f
+    if len(f) == 0:
+        return f
+    order = np.argsort(f, axis=1)
+    sf = np.take_along_axis(f, order, axis=1)
+    # Orientation: +1 if sorting the corners is an even permutation, -1 if odd.
+    parity = np.where((order == [0, 1, 2]).all(1) | (order == [1, 2, 0]).all(1) | (order == [2, 0, 1]).all(1),
+                      1, -1)
+    n = int(f.max()) + 1
+    if n < 2_000_000:  # one int64 key per face is much faster than unique rows
+        _, first, group = np.unique((sf[:, 0] * n + sf[:, 1]) * n + sf[:, 2], return_index=True,
+                                    return_inverse=True)
+    else:
+        _, first, group = np.unique(sf, axis=0, return_index=True, return_inverse=True)
+    group = group.reshape(-1)
+    net = np.bincount(group, weights=parity)
+    # One face per group with a net orientation, taken with that orientation.
+    keep = np.zeros(len(f), bool)
+    rep = np.full(len(first), -1)
+    for sign in (1, -1):
+        idx = np.nonzero(parity == sign)[0]
+        wanted = np.sign(net[group[idx]]) == sign
+        g, i = group[idx][wanted], idx[wanted]
+        _, pos = np.unique(g, return_index=True)
+        rep[g[pos]] = i[pos]
+    keep[rep[rep >= 0]] = True
+    return f[keep]
 
 
 def _merge_close_vertices(v: np.ndarray, f: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
@@ -246,18 +278,56 @@ def _edge_table(f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return directed, eid.reshape(-1), counts
 
 
+def _pair_around_edges(v: np.ndarray, directed: np.ndarray, corners: np.ndarray, edge: np.ndarray,
+                       outside: set[int] = frozenset()) -> np.ndarray:
+    """Pair the faces around non-manifold edges: (K, 2) corner pairs.
+
+    ``corners`` own (run along) the edges ``edge`` (same length, grouped per edge). Around an
+    edge a->b the faces are sorted by angle (counter-clockwise about a->b). A face running b->a
+    has its back (the solid's inside) towards increasing angle, a face running a->b towards
+    decreasing angle; so each b->a face is paired with its counter-clockwise neighbour when that
+    one runs a->b: the two enclose a wedge of solid. Solids that touch along the edge come apart,
+    and folds or fins made by decimation pair up into closed surfaces. For the edges in
+    ``outside`` the other pairing is used (faces enclosing a wedge of empty space).
+    """
+    pairs = []
+    order = np.argsort(edge, kind="stable")
+    corners, edge = corners[order], edge[order]
+    starts = np.flatnonzero(np.r_[True, edge[1:] != edge[:-1]])
+    ends = np.r_[starts[1:], len(edge)]
+    for s0, s1 in zip(starts, ends):
+        cs = corners[s0:s1]
+        a, b = directed[cs[0]]
+        axis = v[b] - v[a]
+        axis = axis / max(np.linalg.norm(axis), 1e-300)
+        face, k = cs // 3, cs % 3
+        # The third vertex of each face: the one after the edge's end.
+        third = v[directed[3 * face + (k + 1) % 3, 1]] - v[a]
+        radial = third - np.outer(third @ axis, axis)
+        ref = radial[0] / max(np.linalg.norm(radial[0]), 1e-300)
+        angle = np.arctan2(np.cross(ref, radial) @ axis, radial @ ref)
+        srt = np.argsort(angle, kind="stable")
+        cs = cs[srt]
+        forward = directed[cs, 0] == a  # runs a->b
+        first = forward if int(edge[s0]) in outside else ~forward
+        m = len(cs)
+        for j in range(m):
+            nxt = (j + 1) % m
+            if first[j] and forward[nxt] != forward[j]:
+                pairs.append((cs[j], cs[nxt]))
+    return np.asarray(pairs, np.int64).reshape(-1, 2)
+
+
 def _split_nonmanifold(v: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cut the mesh apart at non-manifold edges and vertices.
 
-    Face corners at the same vertex are linked when their faces share an edge that has exactly
-    two faces, traversed in opposite directions. Each linked group of corners (a fan) gets its
-    own copy of the vertex, so afterwards every edge has at most two faces and every vertex
-    neighbourhood is a single fan. Two closed surfaces that touched along an edge or at a vertex
-    become two closed surfaces.
+    Face corners at the same vertex are linked when their faces are joined across an edge: an
+    edge with exactly two faces traversed in opposite directions joins them; around an edge with
+    more faces they are joined in pairs by :func:`_pair_around_edges`. Each linked group of
+    corners (a fan) gets its own copy of the vertex, so afterwards every edge has at most two
+    faces and every vertex neighbourhood is a single fan. Two closed surfaces that touched along
+    an edge or at a vertex become two closed surfaces.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     nf = len(f)
     if nf == 0:
         return v, f
@@ -267,8 +337,30 @@ def _split_nonmanifold(v: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.nda
     order = np.argsort(eid[good], kind="stable")
     c = corner[good][order].reshape(-1, 2)  # the two corners owning each manifold edge
     # Opposite traversal: corner a goes p->q, corner b must go q->p.
-    opposite = directed[c[:, 0], 0] == directed[c[:, 1], 1]
-    c = c[opposite]
+    c = c[directed[c[:, 0], 0] == directed[c[:, 1], 1]]
+    many = counts[eid] > 2
+    if not many.any():
+        return _split_by_links(v, f, c)
+    # A surface pinched along an edge (both ends' neighbourhoods single disks) stays joined
+    # with one pairing of the faces around it but comes apart with the other: retry those.
+    outside: set[int] = set()
+    for _ in range(3):
+        v2, f2 = _split_by_links(v, f, np.concatenate([c, _pair_around_edges(v, directed, corner[many], eid[many],
+                                                                               outside)]))
+        _, eid2, counts2 = _edge_table(f2)
+        stuck = set(eid[counts2[eid2] > 2].tolist()) - outside
+        if not stuck:
+            break
+        outside |= stuck
+    return v2, f2
+
+
+def _split_by_links(v: np.ndarray, f: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One vertex per group of face corners linked through the joined corner pairs ``c``."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    nf = len(f)
     face, k = c // 3, c % 3
     # Edge of corner (face, k) runs from vertex k to k+1. The corner at vertex p = start of a
     # links to the corner at the end of b (k_b + 1), and the end of a to the start of b.
@@ -404,15 +496,16 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tupl
 def fill_cavities(values: np.ndarray, threshold: float) -> np.ndarray:
     """Raise every enclosed below-threshold region of a grid above ``threshold``.
 
-    A region is enclosed if no 26-connected path of below-threshold points leads from it to
-    the grid border. Surfaces that face such cavities (the inner wall of a hollow shell, as
-    a fitted model often has) disappear, while every marching-cubes cell that touches the
-    outside keeps its values, so the outer surface is unchanged.
+    A region is enclosed if no path of below-threshold points, moving along the grid axes,
+    leads from it to the grid border. Surfaces that face such cavities (the inner wall of a
+    hollow shell, as a fitted model often has) disappear. Gaps in a shell that are open only
+    diagonally are closed too; marching cubes stays watertight for any values, and the outer
+    surface moves only at those gaps.
     """
     from scipy import ndimage
 
     occupied = values > threshold
-    outside = ndimage.binary_fill_holes(occupied, structure=np.ones((3, 3, 3), bool))
+    outside = ndimage.binary_fill_holes(occupied)
     cavity = outside & ~occupied
     if cavity.any():
         values = values.copy()
@@ -425,7 +518,8 @@ def extract_mesh(model: GaussianModel, cfg: MeshConfig | None = None) -> Mesh:
 
     Density grid (:func:`density_grid`) -> cavities filled (``cfg.fill_cavities``) -> marching
     cubes (the grid is padded with zeros, so every surface is closed) -> world coordinates ->
-    :func:`clean_mesh` -> :func:`decimate` to ``cfg.target_faces`` -> :func:`clean_mesh` again.
+    :func:`clean_mesh` -> :func:`decimate` to ``cfg.target_faces`` -> :func:`clean_mesh` again
+    (quadric decimation can fold or pinch the surface; the clean-up cuts those places apart).
     The mesh is returned on the model's device, float32 vertices and int64 faces, counter-
     clockwise seen from outside. Raises :class:`InputError` if the model has no Gaussian above
     the opacity threshold or its density never reaches the threshold.
@@ -434,7 +528,8 @@ def extract_mesh(model: GaussianModel, cfg: MeshConfig | None = None) -> Mesh:
 
     cfg = cfg or MeshConfig()
     grid = density_grid(model, resolution=cfg.grid_resolution, block_size=cfg.block_size,
-                        opacity_threshold=cfg.opacity_threshold, margin=cfg.grid_margin)
+                        opacity_threshold=cfg.opacity_threshold, margin=cfg.grid_margin,
+                        min_sigma=cfg.min_sigma)
     values = np.pad(grid.values.double().cpu().numpy(), 1)
     thr = float(cfg.density_threshold)
     if not (values > thr).any():
@@ -449,7 +544,7 @@ def extract_mesh(model: GaussianModel, cfg: MeshConfig | None = None) -> Mesh:
     verts, faces = clean_mesh(verts, faces, tol, cfg.min_component_fraction)
     if len(faces) > cfg.target_faces > 0:
         verts, faces = decimate(verts, faces, cfg.target_faces)
-        verts, faces = clean_mesh(verts, faces, tol, 0.0)
+        verts, faces = clean_mesh(verts, faces, tol, cfg.min_component_fraction)
     if len(faces) == 0:
         raise InputError("the model is empty: no surface left after mesh clean-up")
     device = model.device
