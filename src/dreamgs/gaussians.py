@@ -485,6 +485,8 @@ def _parse_ply_header(path: Path, head: bytes) -> tuple[int, str, list[_PlyEleme
             continue
         key = words[0]
         if key == "format":
+            if elements:
+                raise InputError(f"{path}: the PLY 'format' line must come before the elements (line {lineno})")
             if fmt is not None or len(words) != 3:
                 raise InputError(f"{path}: bad PLY header line {lineno}: {raw.strip()!r}")
             fmt = words[1]
@@ -494,6 +496,8 @@ def _parse_ply_header(path: Path, head: bytes) -> tuple[int, str, list[_PlyEleme
             if fmt not in ("binary_little_endian", "binary_big_endian") or words[2] != "1.0":
                 raise InputError(f"{path}: unknown PLY format {' '.join(words[1:])!r}")
         elif key == "element":
+            if fmt is None:
+                raise InputError(f"{path}: the PLY 'format' line must come before the elements (line {lineno})")
             if len(words) != 3 or not words[2].isdigit():
                 raise InputError(f"{path}: bad PLY element line {lineno}: {raw.strip()!r}")
             elements.append(_PlyElement(words[1], int(words[2]), []))
