@@ -58,7 +58,8 @@ def open_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
     except UnidentifiedImageError:
         raise InputError(f"{path}: not an image file Pillow can read (unknown or unsupported format)") from None
     except Image.DecompressionBombError:
-        raise InputError(f"{path}: {what} is too large (over {MAX_PIXELS // 2**20} megapixels)") from None
+        raise InputError(f"{path}: {what} dimensions are above the limit of {MAX_PIXELS // 2**20} megapixels "
+                         "(8192x8192); downscale it first") from None
     except OSError as e:
         raise InputError(f"{path}: cannot read {what} ({e.strerror or e})") from None
     w, h = img.size
@@ -289,10 +290,12 @@ def preprocess(image, size: int = 256, border_ratio: float = 0.2, mask=None) -> 
     scale = (1.0 - float(border_ratio)) * size / max(x1 - x0, y1 - y0)
     premult = np.concatenate([rgb * alpha[..., None], alpha[..., None]], axis=-1).astype(np.float32)
     out = _resample_to_canvas(premult, cx, cy, scale, size)
-    a = np.clip(out[..., 3], 0.0, 1.0)
-    color = np.clip(out[..., :3], 0.0, a[..., None])
-    color = np.where(a[..., None] > 0, color / np.maximum(a[..., None], 1e-12), 0.0)
-    return np.concatenate([np.clip(color, 0.0, 1.0), a[..., None]], axis=-1).astype(np.float32)
+    # Un-premultiply with the filtered alpha before clipping it (bicubic overshoots slightly), so
+    # a uniformly coloured region keeps exactly its colour.
+    raw = out[..., 3:]
+    color = np.where(raw > 1e-6, np.clip(out[..., :3] / np.maximum(raw, 1e-6), 0.0, 1.0), 0.0)
+    alpha = np.clip(raw, 0.0, 1.0)
+    return np.concatenate([np.where(alpha > 0, color, 0.0), alpha], axis=-1).astype(np.float32)
 
 
 def prep_output_path(image: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
