@@ -200,12 +200,17 @@ HEADER_LEN = VALID.index(b"end_header\n") + len(b"end_header\n")
 
 
 def _mesh_ply() -> bytes:
+    """A binary triangle-mesh .ply (coloured vertices with normals, and a face list), as mesh tools write."""
     import io
 
-    import trimesh
+    from plyfile import PlyData, PlyElement
 
+    verts = np.array([(0, 0, 0, 0, 0, 1, 255, 0, 0), (1, 0, 0, 0, 0, 1, 0, 255, 0), (0, 1, 0, 0, 0, 1, 0, 0, 255)],
+                     dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("nx", "<f4"), ("ny", "<f4"), ("nz", "<f4"),
+                            ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    faces = np.array([([0, 1, 2],)], dtype=[("vertex_indices", "i4", (3,))])
     buf = io.BytesIO()
-    trimesh.creation.box().export(buf, file_type="ply")
+    PlyData([PlyElement.describe(verts, "vertex"), PlyElement.describe(faces, "face")]).write(buf)
     return buf.getvalue()
 
 
