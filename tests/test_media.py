@@ -233,3 +233,13 @@ def test_video_writer_reports_ffmpeg_failure(tmp_path, monkeypatch):
 
 def test_media_module_has_no_leftover_temp_names():
     assert media.temp_path("a/b.mp4").name.startswith(".b.mp4.tmp-") and media.temp_path("a/b.mp4").suffix == ".mp4"
+
+
+def test_video_writer_reports_ffmpeg_dying_mid_stream(tmp_path, monkeypatch):
+    import imageio_ffmpeg
+
+    monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_exe", lambda: "false")
+    frames = np.zeros((40, 256, 256, 3), np.float32)  # far more than a pipe buffer holds
+    with pytest.raises(RuntimeError, match="ffmpeg"):
+        write_video(frames, tmp_path / "v.mp4")
+    assert only_files(tmp_path) == []

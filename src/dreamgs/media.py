@@ -208,9 +208,13 @@ class VideoWriter:
             arr = np.pad(arr, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
         try:
             self._proc.stdin.write(np.ascontiguousarray(arr).tobytes())
-        except (BrokenPipeError, OSError):
+        except OSError:  # ffmpeg exited early (a broken pipe)
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait()
+            msg = self._ffmpeg_error()
             self.abort()
-            raise RuntimeError(f"ffmpeg stopped while writing {self.path}: {self._ffmpeg_error()}") from None
+            raise RuntimeError(f"ffmpeg stopped while writing {self.path}: {msg}") from None
         self.frames += arr.shape[0]
 
     def close(self) -> Path:
@@ -220,7 +224,10 @@ class VideoWriter:
         if self._proc is None:
             self._done = True
             raise InputError(f"{self.path}: no frames were written; not creating an empty video")
-        self._proc.stdin.close()
+        try:
+            self._proc.stdin.close()
+        except OSError:  # ffmpeg already exited; its exit status below says why
+            pass
         rc = self._proc.wait()
         self._done = True
         if rc != 0 or not self.tmp.is_file():
