@@ -150,7 +150,7 @@ def _as_float_image(image, name: str) -> np.ndarray:
 def rembg_model_path() -> Path:
     """Where rembg looks for its u2net model: ``$U2NET_HOME``, else ``$XDG_DATA_HOME/.u2net``,
     else ``~/.u2net``, file ``u2net.onnx``."""
-    home = os.environ.get("U2NET_HOME") or os.path.join(os.environ.get("XDG_DATA_HOME", "~"), ".u2net")
+    home = os.environ.get("U2NET_HOME", os.path.join(os.environ.get("XDG_DATA_HOME", "~"), ".u2net"))
     return Path(os.path.expanduser(home)) / "u2net.onnx"
 
 
