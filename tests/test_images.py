@@ -330,7 +330,6 @@ def test_cli_prep_default_output_and_mask(tmp_path, capsys):
 
 def test_cli_prep_errors(tmp_path, capsys):
     photo = opaque_photo(tmp_path)
-    before = photo.read_bytes()
     assert main(["prep", str(photo)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("dreamgs prep: error:") and "--mask mask.png" in err

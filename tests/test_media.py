@@ -231,7 +231,7 @@ def test_video_writer_reports_ffmpeg_failure(tmp_path, monkeypatch):
     assert only_files(tmp_path) == []
 
 
-def test_media_module_has_no_leftover_temp_names():
+def test_temporary_names_keep_the_suffix_for_ffmpeg():
     assert media.temp_path("a/b.mp4").name.startswith(".b.mp4.tmp-") and media.temp_path("a/b.mp4").suffix == ".mp4"
 
 
