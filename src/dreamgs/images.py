@@ -62,6 +62,24 @@ def open_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
                          "(8192x8192); downscale it first") from None
     except OSError as e:
         raise InputError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    decoded = None
+    try:
+        _check_header(path, img, what)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            try:
+                img.load()
+                decoded = ImageOps.exif_transpose(img)
+            except Exception as e:  # Pillow's decoders raise many types for corrupt data
+                raise InputError(f"{path}: {what} data is corrupt or truncated ({type(e).__name__}: {e})") from None
+    finally:
+        if decoded is not img:  # exif_transpose made a copy; release the file and the original
+            img.close()
+    return decoded
+
+
+def _check_header(path: Path, img: Image.Image, what: str) -> None:
+    """Size and mode checks from the header, before any pixel is decoded."""
     w, h = img.size
     if w <= 0 or h <= 0:
         raise InputError(f"{path}: {what} has an invalid size {w}x{h}")
@@ -71,14 +89,6 @@ def open_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
     if img.mode not in _SUPPORTED_MODES:
         raise InputError(f"{path}: unsupported image mode '{img.mode}' (expected 8- or 16-bit grayscale, "
                          "palette, RGB, RGBA or CMYK)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img.load()
-            img = ImageOps.exif_transpose(img)
-    except Exception as e:  # Pillow's decoders raise many types for corrupt data
-        raise InputError(f"{path}: {what} data is corrupt or truncated ({type(e).__name__}: {e})") from None
-    return img
 
 
 def _to_float(img: Image.Image, keep_alpha: bool = True) -> np.ndarray:
