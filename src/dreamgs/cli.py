@@ -111,12 +111,43 @@ def _cmd_fit(args) -> int:
     return run_fit_command(args.data, args.out, args.config, args.overrides)
 
 
+# --- prep -----------------------------------------------------------------------------------------
+
+
+def _add_prep(sub) -> None:
+    p = sub.add_parser(
+        "prep", help="cut out, centre and scale the object of an input image (RGBA for image-to-3D)",
+        description="Prepare an input image for image-to-3D: take the object's alpha (from --mask, the image's "
+                    "own transparency, or rembg if it and its model file are installed), centre the object's "
+                    "bounding box and scale its longer side to (1 - border ratio) * size, and write a square "
+                    "RGBA PNG.")
+    p.add_argument("image", metavar="IMAGE", help="input image (PNG, JPEG, WebP, ...)")
+    p.add_argument("--mask", metavar="MASK", help="mask image of the same size: white = object (or a cut-out "
+                                                   "whose alpha is the mask)")
+    p.add_argument("--size", type=int, default=256, help="output width and height in pixels (default: 256)")
+    p.add_argument("--border-ratio", type=float, default=0.2,
+                   help="fraction of the size left as empty border around the object (default: 0.2)")
+    p.add_argument("--out", metavar="OUT.png", help="output file (default: <stem>_rgba.png next to IMAGE)")
+
+
+def _cmd_prep(args) -> int:
+    from .images import prep_output_path, preprocess
+    from .media import save_image
+
+    out = prep_output_path(args.image, args.out)
+    rgba = preprocess(args.image, size=args.size, border_ratio=args.border_ratio, mask=args.mask)
+    save_image(out, rgba)
+    print(out)
+    return 0
+
+
 # --- main -----------------------------------------------------------------------------------------
 
 COMMANDS = {
     "text": (_add_text, _cmd_text),
     "image": (_add_image, _cmd_image),
     "fit": (_add_fit, _cmd_fit),
+    "prep": (_add_prep, _cmd_prep),
 }
 
 
