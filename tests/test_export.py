@@ -175,8 +175,10 @@ def test_export_rejects_bad_input(tmp_path):
         save_glb(empty, tmp_path / "e.glb")
     with pytest.raises(InputError, match=r"\.glb"):
         save_glb(textured_mesh(), tmp_path / "e.gltf")
-    with pytest.raises(InputError, match="does not exist"):
-        save_obj(textured_mesh(), tmp_path / "missing" / "e.obj")
+    with pytest.raises(InputError, match="is a directory"):
+        (tmp_path / "d.glb").mkdir()
+        save_glb(textured_mesh(), tmp_path / "d.glb")
+    (tmp_path / "d.glb").rmdir()
     no_uv = Mesh(textured_mesh().vertices, textured_mesh().faces, texture=torch.zeros(4, 4, 3))
     with pytest.raises(InputError, match="UV"):
         save_glb(no_uv, tmp_path / "e.glb")
@@ -208,20 +210,18 @@ def test_interrupted_glb_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
 
 
 def test_interrupted_obj_writes_none_of_the_three(tmp_path, monkeypatch):
-    real_fsync = os.fsync
-    count = []
+    (tmp_path / "m.mtl").write_text("old material")
 
-    def failing_fsync(fd):
-        count.append(fd)
-        if len(count) == 3:  # png and mtl complete, the obj written but not yet synced
-            raise OSError("power cut")
-        real_fsync(fd)
+    def failing_obj_text(mesh, mtl_name):  # the png and mtl are already written (as temps)
+        assert len(list(tmp_path.glob(".*tmp*"))) == 2
+        raise OSError("power cut")
 
-    monkeypatch.setattr(export.os, "fsync", failing_fsync)
+    monkeypatch.setattr(export, "_obj_text", failing_obj_text)
     with pytest.raises(OSError, match="power cut"):
         save_obj(textured_mesh(), tmp_path / "m.obj")
-    assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(export.os, "fsync", real_fsync)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.mtl"]
+    assert (tmp_path / "m.mtl").read_text() == "old material"
+    monkeypatch.undo()
     save_obj(textured_mesh(), tmp_path / "m.obj")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.mtl", "m.obj", "m_albedo.png"]
 

@@ -6,24 +6,25 @@ so ``TEXCOORD_0 = (u, 1 - v)``; OBJ keeps the project's bottom-left origin. The 
 are written as they are (clamped to [0, 1], 8 bits per channel) and declared as base colour,
 which glTF viewers read as sRGB-encoded, the encoding of the images the texture was baked from.
 
-Every file is written atomically: to a temporary name in the target folder, then renamed. An
-export that fails half-way leaves any earlier file of that name untouched and no partial file.
+Every file is written atomically (:mod:`dreamgs.atomic`): to a temporary name in the target
+folder, then renamed. An export that fails half-way leaves any earlier file of that name
+untouched and no partial file.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import struct
-import uuid
+from contextlib import ExitStack
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 import numpy as np
 import torch
 
 from . import __version__
+from .atomic import atomic_output
 from .errors import InputError
 from .mesh.core import Mesh
 
@@ -34,42 +35,10 @@ _LINEAR, _LINEAR_MIPMAP_LINEAR, _CLAMP_TO_EDGE = 9729, 9987, 33071
 _GLB_MAGIC, _CHUNK_JSON, _CHUNK_BIN = 0x46546C67, 0x4E4F534A, 0x004E4942
 
 
-# ------------------------------------------------------------------------------------------------
-# Atomic writes
-
-
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-
-
-def _write_all_atomic(writers: list[tuple[Path, Callable[[BinaryIO], None]]]) -> None:
-    """Write each ``(path, write)`` to a temporary file next to it, then rename them all.
-
-    If any writer fails, every temporary file is removed and no target is touched.
-    """
-    temps: list[tuple[Path, Path]] = []
-    try:
-        for path, write in writers:
-            tmp = _temp_name(path)
-            temps.append((tmp, path))
-            with open(tmp, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-        for tmp, path in temps:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in temps:
-            if tmp.exists():
-                tmp.unlink()
-
-
 def _target(path, suffix: str) -> Path:
     path = Path(path)
     if path.suffix.lower() != suffix:
         raise InputError(f"{path}: expected a {suffix} file name")
-    if not path.parent.is_dir():
-        raise InputError(f"{path}: folder {path.parent} does not exist")
     return path
 
 
@@ -222,12 +191,10 @@ def save_glb(mesh: Mesh, path) -> Path:
     json_chunk = _pad4(json_bytes, b" ")
     total = 12 + 8 + len(json_chunk) + 8 + len(binary)
 
-    def write(f: BinaryIO) -> None:
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
         f.write(struct.pack("<III", _GLB_MAGIC, 2, total))
         _write_chunk(f, _CHUNK_JSON, json_chunk)
         _write_chunk(f, _CHUNK_BIN, binary)
-
-    _write_all_atomic([(path, write)])
     return path
 
 
@@ -272,13 +239,16 @@ def save_obj(mesh: Mesh, path) -> Path:
     mtl_path = path.with_suffix(".mtl")
     png_path = path.with_name(f"{path.stem}_albedo.png")
     mtl = "# dreamgs\nnewmtl material0\nKa 0 0 0\nKd 1 1 1\nKs 0 0 0\nillum 1\n"
-    writers: list[tuple[Path, Callable[[BinaryIO], None]]] = []
     if mesh.texture is not None:
-        png = _texture_png(mesh.texture)
         mtl += f"map_Kd {png_path.name}\n"
-        writers.append((png_path, lambda fh: fh.write(png)))
-    obj = _obj_text(mesh, mtl_path.name)
-    writers.append((mtl_path, lambda fh: fh.write(mtl.encode("utf-8"))))
-    writers.append((path, lambda fh: fh.write(obj)))  # last: it references the others
-    _write_all_atomic(writers)
+    # Nested atomic outputs: all three are written before any is renamed (the innermost first,
+    # the .obj that references the others last); a failure anywhere leaves none of them.
+    with ExitStack() as stack:
+        obj_tmp = stack.enter_context(atomic_output(path))
+        mtl_tmp = stack.enter_context(atomic_output(mtl_path))
+        if mesh.texture is not None:
+            png_tmp = stack.enter_context(atomic_output(png_path))
+            png_tmp.write_bytes(_texture_png(mesh.texture))
+        mtl_tmp.write_text(mtl, encoding="utf-8")
+        obj_tmp.write_bytes(_obj_text(mesh, mtl_path.name))
     return path
