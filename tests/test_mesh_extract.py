@@ -8,7 +8,7 @@ import torch
 
 from dreamgs.config import MeshConfig
 from dreamgs.errors import InputError
-from dreamgs.gaussians import GaussianModel, quat_to_rotmat
+from dreamgs.gaussians import GaussianModel, quat_to_rotmat, rgb_to_sh
 from dreamgs.mesh.extract import clean_mesh, density_grid, extract_mesh, fill_cavities
 
 
@@ -76,6 +76,44 @@ def test_density_grid_float64_and_mapping():
     assert (world[0] < model.means[keep].double().amin(0)).all()
     assert (world[1] > model.means[keep].double().amax(0)).all()
     torch.testing.assert_close(world[1] - world[0], torch.full((3,), 8 * grid.spacing, dtype=torch.float64))
+
+
+def test_density_grid_colours_match_brute_force():
+    model = random_model(120, seed=6)
+    g = torch.Generator().manual_seed(0)
+    model.params["sh0"] = (torch.rand(120, 1, 3, generator=g) - 0.5) * 3.0  # some colours clamp
+    grid = density_grid(model, resolution=11, block_size=4, cutoff=8.0, dtype=torch.float64, colors=True)
+    pts = grid.points().reshape(-1, 3)
+    keep = model.opacities > 0.005
+    rgb = model.colors()[keep].double().clamp(0, 1)
+    # Weighted colour sum, brute force: sum_i w_i(x) rgb_i.
+    mu = model.means[keep].double()
+    R = quat_to_rotmat(model.params["quats"][keep].double())
+    cov = (R * model.scales[keep].double().square()[:, None, :]) @ R.transpose(-1, -2)
+    d = pts[:, None, :] - mu[None]
+    w = model.opacities[keep].double() * torch.exp(-0.5 * torch.einsum("pni,nij,pnj->pn", d, torch.linalg.inv(cov), d))
+    torch.testing.assert_close(grid.colors.reshape(-1, 3), w @ rgb, atol=1e-9, rtol=1e-7)
+    torch.testing.assert_close(grid.values.reshape(-1), w.sum(-1), atol=1e-9, rtol=1e-7)
+    # At grid points, sample_colors is the weighted mean colour.
+    mean = (w @ rgb) / w.sum(-1, keepdim=True)
+    ok = w.sum(-1) > 0.1
+    torch.testing.assert_close(grid.sample_colors(pts[ok]), mean[ok].clamp(0, 1), atol=1e-6, rtol=1e-6)
+
+
+def test_extract_vertex_colours():
+    """Left half of a ball red, right half green: the vertices take the colour of their side."""
+    model = filled_model(sdf_sphere, spacing=0.05, extent=0.6)
+    x = model.means[:, 0]
+    colors = torch.where(x[:, None] < 0, torch.tensor([0.9, 0.1, 0.1]), torch.tensor([0.1, 0.9, 0.1]))
+    model.params["sh0"] = rgb_to_sh(colors)[:, None, :]
+    mesh = extract_mesh(model, MeshConfig(grid_resolution=40, target_faces=3000, vertex_colors=True))
+    vx, vc = mesh.vertices[:, 0], mesh.vertex_colors
+    assert vc.shape == mesh.vertices.shape
+    torch.testing.assert_close(vc[vx < -0.15], torch.tensor([0.9, 0.1, 0.1]).expand(int((vx < -0.15).sum()), 3),
+                               atol=1e-3, rtol=0)
+    torch.testing.assert_close(vc[vx > 0.15], torch.tensor([0.1, 0.9, 0.1]).expand(int((vx > 0.15).sum()), 3),
+                               atol=1e-3, rtol=0)
+    assert extract_mesh(model, MeshConfig(grid_resolution=40, target_faces=3000)).vertex_colors is None
 
 
 def test_density_grid_thin_gaussians_float32():

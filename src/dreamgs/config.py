@@ -113,6 +113,7 @@ class MeshConfig:
     grid_margin: float = 0.1  # grid half-size = (1 + margin) * half-extent of the means + 3 sigma
     fill_cavities: bool = True  # fill enclosed empty regions, so hollow shells give one surface
     min_sigma: float = 0.5  # widen Gaussians to at least this std (grid spacings) so thin disks are sampled
+    vertex_colors: bool = False  # colour vertices from the Gaussians (for an untextured export; ~2x grid time)
 
 
 @dataclass

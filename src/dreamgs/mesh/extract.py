@@ -10,7 +10,7 @@ edges cut apart, faces wound counter-clockwise seen from outside, and the mesh d
 
 from __future__ import annotations
 
-import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +34,20 @@ class DensityGrid:
     values: Tensor  # (R, R, R)
     origin: Tensor  # (3,) world position of grid point (0, 0, 0)
     spacing: float  # world distance between neighbouring grid points
+    colors: Tensor | None = None  # (R, R, R, 3) sum of weight * RGB, if asked for
+
+    def sample_colors(self, points: Tensor) -> Tensor:
+        """Density-weighted mean colour (P, 3) at world points, trilinear on the grid."""
+        if self.colors is None:
+            raise ValueError("this grid was computed without colours")
+        R = self.resolution
+        # grid_sample wants (x, y, z) -> (W, H, D) = grid axes (2, 1, 0), in [-1, 1] (corner-aligned).
+        idx = (points.to(self.values.dtype) - self.origin) / self.spacing
+        g = (2.0 * idx / (R - 1) - 1.0).flip(-1)[None, :, None, None, :]
+        vol = torch.cat([self.colors, self.values[..., None]], -1).permute(3, 0, 1, 2)[None]
+        out = torch.nn.functional.grid_sample(vol, g, mode="bilinear", padding_mode="border", align_corners=True)
+        out = out[0, :, :, 0, 0].T  # (P, 4)
+        return (out[:, :3] / out[:, 3:].clamp_min(1e-12)).clamp(0.0, 1.0)
 
     @property
     def resolution(self) -> int:
@@ -58,6 +72,7 @@ class _Splats:
     whiten: Tensor  # (N, 3, 3) W = S^-1 R^T, so that (x-mu)^T Sigma^-1 (x-mu) = |W (x-mu)|^2
     opacities: Tensor  # (N,)
     half_box: Tensor  # (N, 3) half-size of the cutoff-sigma axis-aligned bounding box
+    colors: Tensor | None = None  # (N, 3) RGB, when colours are accumulated too
 
 
 def _kept(model: GaussianModel, opacity_threshold: float) -> Tensor:
@@ -68,7 +83,8 @@ def _kept(model: GaussianModel, opacity_threshold: float) -> Tensor:
     return keep
 
 
-def _splats(model: GaussianModel, keep: Tensor, cutoff: float, min_sigma: float, dtype) -> _Splats:
+def _splats(model: GaussianModel, keep: Tensor, cutoff: float, min_sigma: float, dtype,
+            colors: bool = False) -> _Splats:
     with torch.no_grad():
         means = model.means[keep].to(dtype)
         scales = model.scales[keep].to(dtype).clamp_min(max(min_sigma, 1e-12))
@@ -76,7 +92,8 @@ def _splats(model: GaussianModel, keep: Tensor, cutoff: float, min_sigma: float,
         whiten = R.transpose(-1, -2) / scales[:, :, None]
         # Axis-aligned box of the cutoff-sigma ellipsoid: |x_a - mu_a| <= cutoff * sqrt(Sigma_aa).
         var = (R.square() * scales.square()[:, None, :]).sum(-1)
-        return _Splats(means, whiten, model.opacities[keep].to(dtype), cutoff * var.sqrt())
+        rgb = model.colors()[keep].to(dtype).clamp(0.0, 1.0) if colors else None
+        return _Splats(means, whiten, model.opacities[keep].to(dtype), cutoff * var.sqrt(), rgb)
 
 
 def _box_cells(count: Tensor) -> tuple[Tensor, Tensor]:
@@ -118,7 +135,8 @@ def _splat_block(s: _Splats, g: Tensor, first: Tensor, last: Tensor, lo: Tensor,
     y0 = torch.einsum("mij,mj->mi", W, origin + spacing * a.to(W.dtype) - s.means[g])
     cols = spacing * W.transpose(-1, -2)  # cols[:, c] = spacing * W e_c
     n_cells = shape[0] * shape[1] * shape[2]
-    out = torch.zeros(n_cells + 1, dtype=W.dtype, device=dev)  # last slot collects masked pairs
+    nch = 1 if s.colors is None else 4  # density, then weight * RGB
+    out = torch.zeros(n_cells + 1, nch, dtype=W.dtype, device=dev)  # last slot collects masked pairs
     strides = torch.tensor([shape[1] * shape[2], shape[2], 1], device=dev)
     base = ((a - lo) * strides).sum(-1)
     # Runs: sorted by window volume, so the last (largest) member bounds each run's window.
@@ -141,15 +159,19 @@ def _splat_block(s: _Splats, g: Tensor, first: Tensor, last: Tensor, lo: Tensor,
                  & (steps[2][None, :] < c[:, 2:3])[:, None, None, :])
         cell = (base[i0:i1, None, None, None] + steps[0][None, :, None, None] * strides[0]
                 + steps[1][None, None, :, None] * strides[1] + steps[2][None, None, None, :])
-        out.index_add_(0, torch.where(valid, cell, n_cells).reshape(-1), w.reshape(-1))
+        w = w.reshape(-1, 1)
+        if s.colors is not None:
+            rgb = s.colors[g[i0:i1], None, None, None, :].expand(*valid.shape, 3).reshape(-1, 3)
+            w = torch.cat([w, w * rgb], -1)
+        out.index_add_(0, torch.where(valid, cell, n_cells).reshape(-1), w)
         i0 = i1
-    return out[:n_cells].reshape(shape)
+    return out[:n_cells].reshape(*shape, nch)
 
 
 def density_grid(model: GaussianModel, resolution: int = 128, block_size: int = 16,
                  opacity_threshold: float = 0.005, margin: float = 0.1, cutoff: float = 3.0,
                  min_sigma: float = 0.0, max_pairs: int = 1 << 20,
-                 dtype: torch.dtype = torch.float32) -> DensityGrid:
+                 dtype: torch.dtype = torch.float32, colors: bool = False) -> DensityGrid:
     """Sample the Gaussians' density on a ``resolution``^3 grid, on the model's device.
 
     The grid is a cube centred on the means of the Gaussians with opacity above
@@ -167,6 +189,9 @@ def density_grid(model: GaussianModel, resolution: int = 128, block_size: int = 
     along each axis, keeping its opacity: a flat Gaussian thinner than the grid spacing falls
     between grid points and would leave holes in the surface (fitted 3DGS models are made of
     such disks). 0 evaluates the exact density.
+
+    With ``colors``, the grid also accumulates ``sum_i w_i(x) rgb_i`` (view-independent SH
+    colour), from which :meth:`DensityGrid.sample_colors` gives density-weighted mean colours.
     """
     if resolution < 2:
         raise InputError(f"resolution: need at least 2 grid points per axis, got {resolution}")
@@ -184,7 +209,7 @@ def density_grid(model: GaussianModel, resolution: int = 128, block_size: int = 
         half = max(half, 1e-6)
         spacing = 2.0 * half / (resolution - 1)
         origin = centre - half
-    s = _splats(model, keep, cutoff, min_sigma * spacing, dtype)
+    s = _splats(model, keep, cutoff, min_sigma * spacing, dtype, colors)
 
     # Grid points inside each Gaussian's box, then the (Gaussian, block) pairs, sorted by block.
     u = (s.means - origin) / spacing
@@ -201,7 +226,8 @@ def density_grid(model: GaussianModel, resolution: int = 128, block_size: int = 
     block, pair_g = block[order], gid[owner[order]]
     blocks, per_block = torch.unique_consecutive(block, return_counts=True)
 
-    values = torch.zeros(resolution, resolution, resolution, dtype=dtype, device=device)
+    nch = 4 if colors else 1
+    values = torch.zeros(resolution, resolution, resolution, nch, dtype=dtype, device=device)
     offsets = torch.cumsum(per_block, 0) - per_block
     for b, o, n in zip(blocks.tolist(), offsets.tolist(), per_block.tolist()):
         ijk = (b // (nb * nb), (b // nb) % nb, b % nb)
@@ -209,7 +235,7 @@ def density_grid(model: GaussianModel, resolution: int = 128, block_size: int = 
         shape = tuple(x.stop - x.start for x in sl)
         lo_idx = torch.tensor([x.start for x in sl], device=device)
         values[sl] = _splat_block(s, pair_g[o:o + n], first, last, lo_idx, shape, origin, spacing, max_pairs)
-    return DensityGrid(values, origin, spacing)
+    return DensityGrid(values[..., 0].contiguous(), origin, spacing, values[..., 1:].contiguous() if colors else None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -513,23 +539,41 @@ def fill_cavities(values: np.ndarray, threshold: float) -> np.ndarray:
     return values
 
 
-def extract_mesh(model: GaussianModel, cfg: MeshConfig | None = None) -> Mesh:
+def _lap(timings: dict[str, float] | None, name: str, start: float, device: torch.device) -> float:
+    if timings is None:
+        return start
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    now = time.perf_counter()
+    timings[name] = timings.get(name, 0.0) + now - start
+    return now
+
+
+def extract_mesh(model: GaussianModel, cfg: MeshConfig | None = None,
+                 timings: dict[str, float] | None = None) -> Mesh:
     """Triangle mesh of the surface ``density = cfg.density_threshold`` of the Gaussians.
 
     Density grid (:func:`density_grid`) -> cavities filled (``cfg.fill_cavities``) -> marching
     cubes (the grid is padded with zeros, so every surface is closed) -> world coordinates ->
     :func:`clean_mesh` -> :func:`decimate` to ``cfg.target_faces`` -> :func:`clean_mesh` again
     (quadric decimation can fold or pinch the surface; the clean-up cuts those places apart).
+    With ``cfg.vertex_colors`` each vertex gets the density-weighted mean colour of the
+    Gaussians around it (enough for an untextured export).
+
     The mesh is returned on the model's device, float32 vertices and int64 faces, counter-
     clockwise seen from outside. Raises :class:`InputError` if the model has no Gaussian above
-    the opacity threshold or its density never reaches the threshold.
+    the opacity threshold or its density never reaches the threshold. ``timings``, if given,
+    receives the seconds spent in each step (density_grid, marching_cubes, cleanup, decimate).
     """
     import mcubes
 
     cfg = cfg or MeshConfig()
+    device = model.device
+    t = time.perf_counter()
     grid = density_grid(model, resolution=cfg.grid_resolution, block_size=cfg.block_size,
                         opacity_threshold=cfg.opacity_threshold, margin=cfg.grid_margin,
-                        min_sigma=cfg.min_sigma)
+                        min_sigma=cfg.min_sigma, colors=cfg.vertex_colors)
+    t = _lap(timings, "density_grid", t, device)
     values = np.pad(grid.values.double().cpu().numpy(), 1)
     thr = float(cfg.density_threshold)
     if not (values > thr).any():
@@ -540,13 +584,20 @@ def extract_mesh(model: GaussianModel, cfg: MeshConfig | None = None) -> Mesh:
     verts, faces = mcubes.marching_cubes(values, thr)
     verts = grid.origin.double().cpu().numpy() + grid.spacing * (np.asarray(verts) - 1.0)
     faces = np.asarray(faces, np.int64)
+    t = _lap(timings, "marching_cubes", t, device)
     tol = 1e-3 * grid.spacing
     verts, faces = clean_mesh(verts, faces, tol, cfg.min_component_fraction)
+    t = _lap(timings, "cleanup", t, device)
     if len(faces) > cfg.target_faces > 0:
         verts, faces = decimate(verts, faces, cfg.target_faces)
+        t = _lap(timings, "decimate", t, device)
         verts, faces = clean_mesh(verts, faces, tol, cfg.min_component_fraction)
+        t = _lap(timings, "cleanup", t, device)
     if len(faces) == 0:
         raise InputError("the model is empty: no surface left after mesh clean-up")
-    device = model.device
-    return Mesh(torch.as_tensor(verts, dtype=torch.float32, device=device),
+    mesh = Mesh(torch.as_tensor(verts, dtype=torch.float32, device=device),
                 torch.as_tensor(faces, dtype=torch.int64, device=device))
+    if cfg.vertex_colors:
+        mesh.vertex_colors = grid.sample_colors(mesh.vertices).float()
+        _lap(timings, "vertex_colors", t, device)
+    return mesh
