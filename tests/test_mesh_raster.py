@@ -1,9 +1,6 @@
 """The torch mesh rasteriser against an independent per-pixel float64 ray caster."""
 
-import math
-
 import numpy as np
-import pytest
 import torch
 
 from dreamgs.cameras import Cameras, make_cameras, orbit_views, project_points
