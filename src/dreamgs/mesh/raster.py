@@ -121,47 +121,54 @@ def _pixel_range(lo: Tensor, hi: Tensor, size: int) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def _screen_boxes(verts_cam: Tensor, faces: Tensor, Ks: Tensor, near: float, width: int, height: int):
-    """Pixel boxes (inclusive index ranges x0, x1, y0, y1, each (Cg, F)) of the parts of the faces
-    in front of the near plane, and ``valid`` (Cg, F): the box holds at least one pixel centre."""
-    fx, fy, cx, cy = Ks[:, 0, 0, None], Ks[:, 1, 1, None], Ks[:, 0, 2, None], Ks[:, 1, 2, None]
-    X, Y, Z = verts_cam.unbind(-1)  # (Cg, V)
+    """Pixel boxes of the parts of the faces in front of the near plane.
+
+    ``verts_cam`` (V, Cg, 3) camera-space vertices. Returns inclusive pixel-index ranges
+    ``(x0, x1, y0, y1)``, each (F, Cg) int32, and ``valid`` (F, Cg): the box holds a pixel centre.
+    """
+    fx, fy, cx, cy = Ks[:, 0, 0], Ks[:, 1, 1], Ks[:, 0, 2], Ks[:, 1, 2]
+    X, Y, Z = verts_cam.unbind(-1)  # (V, Cg)
     front = Z > near
     Zs = torch.where(front, Z, 1.0)
     u, v = fx * X / Zs + cx, fy * Y / Zs + cy
-    inf = float("inf")
-    fr = [front[:, faces[:, k]] for k in range(3)]
-    uk = [torch.where(fr[k], u[:, faces[:, k]], inf) for k in range(3)]
-    vk = [torch.where(fr[k], v[:, faces[:, k]], inf) for k in range(3)]
-    umin = torch.minimum(torch.minimum(uk[0], uk[1]), uk[2])
-    vmin = torch.minimum(torch.minimum(vk[0], vk[1]), vk[2])
-    uk = [torch.where(fr[k], uk[k], -inf) for k in range(3)]
-    vk = [torch.where(fr[k], vk[k], -inf) for k in range(3)]
-    umax = torch.maximum(torch.maximum(uk[0], uk[1]), uk[2])
-    vmax = torch.maximum(torch.maximum(vk[0], vk[1]), vk[2])
-    n_front = fr[0].int() + fr[1].int() + fr[2].int()
-    straddle = ((n_front > 0) & (n_front < 3)).nonzero(as_tuple=True)
-    if straddle[0].numel():
-        # Faces crossing the near plane: add the points where their edges cross z = near.
-        cam, f = straddle
-        tri = verts_cam[cam[:, None], faces[f]]  # (S, 3, 3)
-        z = tri[..., 2]
-        pts, ok = [tri[:, k] for k in range(3)], [z[:, k] > near for k in range(3)]
-        for j, k in ((0, 1), (1, 2), (2, 0)):
-            crosses = (z[:, j] - near) * (z[:, k] - near) < 0
-            t = (near - z[:, j]) / torch.where(crosses, z[:, k] - z[:, j], 1.0)
-            pts.append(tri[:, j] + t[:, None] * (tri[:, k] - tri[:, j]))
-            ok.append(crosses)
-        pts, ok = torch.stack(pts, 1), torch.stack(ok, 1)  # (S, 6, 3), (S, 6)
-        zc = torch.where(ok, pts[..., 2], 1.0)
-        us = fx[cam] * pts[..., 0] / zc + cx[cam]
-        vs = fy[cam] * pts[..., 1] / zc + cy[cam]
-        umin[straddle] = torch.where(ok, us, inf).amin(1)
-        umax[straddle] = torch.where(ok, us, -inf).amax(1)
-        vmin[straddle] = torch.where(ok, vs, inf).amin(1)
-        vmax[straddle] = torch.where(ok, vs, -inf).amax(1)
-    x0, x1 = _pixel_range(umin, umax, width)
-    y0, y1 = _pixel_range(vmin, vmax, height)
-    valid = (n_front > 0) & (x0 <= x1) & (y0 <= y1)
+    # Pixel j is sampled at j + 0.5. Per vertex: the first/last pixel index a box through it may
+    # need, clamped to [-1, size]; min/max over the corners then give the face's box. Vertices
+    # behind the near plane take no part (+/- "infinite" values).
+    big = max(width, height) + 2
+
+    def lo_hi(w, size):
+        lo = torch.ceil((w - 0.5 - _BBOX_MARGIN).clamp(-1, size)).int()
+        hi = torch.floor((w - 0.5 + _BBOX_MARGIN).clamp(-1, size)).int()
+        return torch.where(front, lo, big), torch.where(front, -hi, big)
+
+    xlo, nxhi = lo_hi(u, width)
+    ylo, nyhi = lo_hi(v, height)
+    per_vertex = torch.stack([xlo, ylo, nxhi, nyhi], -1)  # (V, Cg, 4)
+    m = torch.minimum(torch.minimum(per_vertex[faces[:, 0]], per_vertex[faces[:, 1]]), per_vertex[faces[:, 2]])
+    x0, y0 = m[..., 0].clamp_min(0), m[..., 1].clamp_min(0)
+    x1, y1 = (-m[..., 2]).clamp_max(width - 1), (-m[..., 3]).clamp_max(height - 1)
+    if not front.all():
+        # Faces crossing the near plane: their box also holds the points where edges cross z = near.
+        nf = front[faces[:, 0]].int() + front[faces[:, 1]].int() + front[faces[:, 2]].int()
+        f, cam = ((nf > 0) & (nf < 3)).nonzero(as_tuple=True)
+        if f.numel():
+            tri = verts_cam[faces[f], cam[:, None]]  # (S, 3, 3)
+            z = tri[..., 2]
+            pts, ok = [tri[:, k] for k in range(3)], [z[:, k] > near for k in range(3)]
+            for j, k in ((0, 1), (1, 2), (2, 0)):
+                crosses = (z[:, j] - near) * (z[:, k] - near) < 0
+                t = (near - z[:, j]) / torch.where(crosses, z[:, k] - z[:, j], 1.0)
+                pts.append(tri[:, j] + t[:, None] * (tri[:, k] - tri[:, j]))
+                ok.append(crosses)
+            pts, ok = torch.stack(pts, 1), torch.stack(ok, 1)  # (S, 6, 3), (S, 6)
+            zc = torch.where(ok, pts[..., 2], 1.0)
+            us = fx[cam, None] * pts[..., 0] / zc + cx[cam, None]
+            vs = fy[cam, None] * pts[..., 1] / zc + cy[cam, None]
+            inf = float("inf")
+            bx0, bx1 = _pixel_range(torch.where(ok, us, inf).amin(1), torch.where(ok, us, -inf).amax(1), width)
+            by0, by1 = _pixel_range(torch.where(ok, vs, inf).amin(1), torch.where(ok, vs, -inf).amax(1), height)
+            x0[f, cam], x1[f, cam], y0[f, cam], y1[f, cam] = bx0.int(), bx1.int(), by0.int(), by1.int()
+    valid = (x0 <= x1) & (y0 <= y1)
     return (x0, x1, y0, y1), valid
 
 
@@ -246,21 +253,22 @@ def rasterize(vertices: Tensor, faces: Tensor, cams: Cameras, near: float = 0.01
         vm = cams.viewmats[c0:c0 + group].double()
         Ks = cams.Ks[c0:c0 + group].double()
         cg = vm.shape[0]
-        verts_cam = torch.einsum("cij,vj->cvi", vm[:, :3, :3], v64) + vm[:, None, :3, 3]
+        verts_cam = torch.einsum("cij,vj->vci", vm[:, :3, :3], v64) + vm[:, :3, 3]  # (V, cg, 3)
         box, valid = _screen_boxes(verts_cam.detach(), faces, Ks, near, W, H)
         # Set up edge functions only for the face-views whose box holds a pixel centre.
+        # Face-views are numbered face-major: index = face * cg + camera.
         sel = valid.reshape(-1).nonzero().squeeze(1)
-        cam, face_of = sel // nf, sel % nf
-        edges, absdet, ok = _edge_setup(verts_cam[cam[:, None], faces[face_of]], Ks[cam])
+        face_of, cam = sel // cg, sel % cg
+        edges, absdet, ok = _edge_setup(verts_cam[faces[face_of], cam[:, None]], Ks[cam])
         with torch.no_grad():
             # The inverse depth 1/z = sum_i e_i / |det| is a fourth affine function.
             plane = edges.detach().sum(1) / absdet.detach().clamp_min(1e-300)[:, None]
             coef32 = torch.cat([edges.detach(), plane[:, None]], dim=1).float()  # (N, 4, 3)
             keep = ok.nonzero().squeeze(1)
             keys = _zbuffer(coef32[keep], face_of[keep], cam[keep] * (H * W),
-                            tuple(t.reshape(-1)[sel[keep]] for t in box), W, H, cg * H * W, near)
+                            tuple(t.reshape(-1)[sel[keep]].long() for t in box), W, H, cg * H * W, near)
             # Which set-up face-view holds the winner of each pixel.
-            lookup = torch.full((cg * nf,), -1, dtype=torch.int64, device=device)
+            lookup = torch.full((nf * cg,), -1, dtype=torch.int64, device=device)
             lookup[sel] = torch.arange(sel.numel(), device=device)
         fid = torch.where(keys >= 0, keys & 0xFFFFFFFF, -1).view(cg, H, W)
         face_id[c0:c0 + cg] = fid
@@ -269,7 +277,7 @@ def rasterize(vertices: Tensor, faces: Tensor, cams: Cameras, near: float = 0.01
         rem = pix % (H * W)
         x = (rem % W).double() + 0.5
         y = (rem // W).double() + 0.5
-        row = lookup[(pix // (H * W)) * nf + fid.reshape(-1)[pix]]
+        row = lookup[fid.reshape(-1)[pix] * cg + pix // (H * W)]
         e = edges[row]
         ev = e[:, :, 0] * x[:, None] + e[:, :, 1] * y[:, None] + e[:, :, 2]
         b = ev.clamp_min(0)
