@@ -260,3 +260,26 @@ def test_empty_inputs():
     verts = torch.tensor([[0.0, 0.0, 3.0], [0.1, 0.0, 3.0], [0.0, 0.1, 3.0]])
     fr = rasterize(verts, torch.tensor([[0, 1, 2]]), make_cameras(0.0, 180.0, 2.5, 49.1, 8))
     assert (fr.face_id == -1).all()
+
+
+def test_results_do_not_depend_on_chunk_sizes(monkeypatch):
+    from dreamgs.mesh import raster
+
+    verts, faces = bumpy_sphere(seed=6)
+    tex = torch.rand(16, 16, 3, generator=torch.Generator().manual_seed(0))
+    uvs = torch.rand(len(verts), 2, generator=torch.Generator().manual_seed(1))
+    mesh = Mesh(verts, faces, uvs=uvs, texture=tex)
+    cams = orbit_views(5, -20.0, 2.5, 49.1, 24)
+    ref = render_mesh(mesh, cams, ssaa=2)
+    monkeypatch.setattr(raster, "_MAX_FACE_VIEWS", 300)  # several camera groups
+    monkeypatch.setattr(raster, "_MAX_CHUNK_PIXELS", 64)  # many (triangle, tile) chunks
+    monkeypatch.setattr(raster, "_MAX_RENDER_PIXELS", 48 * 48 * 2)  # render_mesh groups of 2 cameras
+    out = render_mesh(mesh, cams, ssaa=2)
+    assert torch.equal(out.face_id, ref.face_id)
+    torch.testing.assert_close(out.rgb, ref.rgb)
+    torch.testing.assert_close(out.depth, ref.depth)
+    ids = []
+    for sizes in [(2,), (32,)]:  # the tile size changes the binning, never the result
+        monkeypatch.setattr(raster, "_TILE_SIZES", sizes)
+        ids.append(rasterize(verts, faces, cams).face_id)
+    assert torch.equal(ids[0], ids[1])

@@ -46,6 +46,7 @@ from .core import Mesh
 # Bounds on the working set: face-views set up per camera group, and pixel evaluations per chunk.
 _MAX_FACE_VIEWS = 1 << 18
 _MAX_CHUNK_PIXELS = 1 << 21
+_MAX_RENDER_PIXELS = 1 << 23  # supersampled pixels per camera group in render_mesh
 _TILE_SIZES = (2, 4, 8, 16, 32)
 _PAIR_OVERHEAD = 24  # cost of one (triangle, tile) pair, in per-pixel evaluations
 _BBOX_MARGIN = 1e-3  # pixels; guards float32/float64 disagreement at bounding-box borders
@@ -353,25 +354,36 @@ def render_mesh(mesh: Mesh, cams: Cameras, background=None, ssaa: int = 1, near:
     ``mesh.uvs`` per face corner; without face_uvs the UVs are per vertex), else from
     ``mesh.vertex_colors``, else a uniform grey. ``background``: RGB (3,), per camera (C, 3) or an
     image (C, H, W, 3); default black. ``ssaa``: render at ``ssaa`` times the resolution and
-    average ``ssaa x ssaa`` blocks (antialiased edges, fractional alpha).
+    average ``ssaa x ssaa`` blocks (antialiased edges, fractional alpha). Cameras are processed in
+    groups, so the supersampled buffers of only one group are held at a time.
     """
     if ssaa < 1:
         raise ValueError(f"ssaa must be >= 1, got {ssaa}")
+    if mesh.texture is not None and mesh.uvs is None:
+        raise ValueError("render_mesh: the mesh has a texture but no uvs")
     device = mesh.device
     cams = cams.to(device)
     hi = _scaled_cameras(cams, ssaa) if ssaa > 1 else cams
+    group = max(1, _MAX_RENDER_PIXELS // (hi.width * hi.height))
+    parts = [_render_group(mesh, hi[c0:c0 + group], ssaa, near) for c0 in range(0, len(cams), group)]
+    rgb, alpha, depth, normal, uv, fid = (torch.cat(t) if len(t) > 1 else t[0] for t in zip(*parts))
+    bg = _background_image(background, len(cams), cams.height, cams.width, device, rgb.dtype)
+    rgb = rgb + (1 - alpha) * bg
+    return MeshRender(rgb=rgb, alpha=alpha, depth=depth, normal=normal, uv=uv, face_id=fid)
+
+
+def _render_group(mesh: Mesh, hi: Cameras, ssaa: int, near: float):
+    """Premultiplied colour, alpha, depth, normal, uv and face ids of one group of cameras."""
+    device = mesh.device
     frags = rasterize(mesh.vertices, mesh.faces, hi, near=near)
     mask = frags.face_id >= 0
     C, Hs, Ws = frags.face_id.shape
     faces = mesh.faces.to(device)
-
     uv = torch.zeros(C, Hs, Ws, 2, device=device)
     if mesh.uvs is not None:
         corner_uv = mesh.uvs[mesh.face_uvs] if mesh.face_uvs is not None else mesh.uvs[faces]
         uv = interpolate(corner_uv.float(), frags)
     if mesh.texture is not None:
-        if mesh.uvs is None:
-            raise ValueError("render_mesh: the mesh has a texture but no uvs")
         vals = sample_texture(mesh.texture, uv[mask])
         color = torch.zeros(C, Hs, Ws, 3, device=device, dtype=vals.dtype).index_put((mask,), vals)
     elif mesh.vertex_colors is not None:
@@ -383,19 +395,15 @@ def render_mesh(mesh: Mesh, cams: Cameras, background=None, ssaa: int = 1, near:
         (mask,), mesh.face_normals().detach().float()[fid[mask]])
     alpha = mask[..., None].to(color.dtype)
     depth = frags.depth[..., None]
-
     if ssaa > 1:
         def pool(t):
             return F.avg_pool2d(t.permute(0, 3, 1, 2), ssaa).permute(0, 2, 3, 1)
 
-        alpha_lo = pool(alpha)
-        cover = alpha_lo.clamp_min(1e-12)
-        color = pool(color)  # already zero where empty: premultiplied
-        depth = pool(depth) / cover
-        uv = pool(uv) / cover
+        alpha = pool(alpha)
+        cover = alpha.clamp_min(1e-12)
+        color = pool(color)  # zero where empty: premultiplied
+        depth = pool(depth) / cover.to(depth.dtype)
+        uv = pool(uv) / cover.to(uv.dtype)
         normal = F.normalize(pool(normal), dim=-1)
         fid = fid[:, ssaa // 2::ssaa, ssaa // 2::ssaa]
-        alpha = alpha_lo
-    bg = _background_image(background, C, cams.height, cams.width, device, color.dtype)
-    rgb = color + (1 - alpha) * bg
-    return MeshRender(rgb=rgb, alpha=alpha, depth=depth, normal=normal, uv=uv, face_id=fid)
+    return color, alpha, depth, normal, uv, fid
