@@ -195,7 +195,8 @@ def test_inpaint_fills_from_nearest_texel():
 
 
 def psnr(a, b):
-    return -10.0 * math.log10(float(((a - b) ** 2).mean()))
+    mse = float(((a - b) ** 2).mean())
+    return math.inf if mse == 0 else -10.0 * math.log10(mse)
 
 
 def test_bake_reproduces_painted_colours_with_occlusion():
@@ -214,6 +215,23 @@ def test_bake_reproduces_painted_colours_with_occlusion():
     far = torch.full_like(depth, 1e9)
     leaky, _ = bake(mesh, cams, images, far, 128, cos_threshold=0.5)
     assert psnr(leaky[filled], ref) < psnr(texture[filled], ref) - 10.0
+
+
+def test_bake_with_rasterised_depths_matches_reference_depths():
+    """depths=None takes the visibility from the mesh z-buffer (dreamgs.mesh.raster)."""
+    from dreamgs.mesh.texture import mesh_depths
+
+    mesh = unwrap(torus(), resolution=96)
+    cams = sphere_views(12, radius=2.2, fovy=40.0, size=80)
+    depth, images = raycast(mesh, cams, paint)
+    zbuf = mesh_depths(mesh, cams)
+    covered = depth > 0
+    assert torch.equal(zbuf > 0, covered) or (zbuf > 0).ne(covered).float().mean() < 1e-3
+    torch.testing.assert_close(zbuf[covered & (zbuf > 0)], depth[covered & (zbuf > 0)], atol=1e-4, rtol=1e-4)
+    ref_tex, ref_filled = bake(mesh, cams, images, depth, 96, cos_threshold=0.5)
+    tex, filled = bake(mesh, cams, images, None, 96, cos_threshold=0.5)
+    assert (filled != ref_filled).float().mean() < 0.002
+    assert psnr(tex, ref_tex) > 50.0
 
 
 def quad_mesh(z=0.0, half=1.0, uv_box=(0.0, 0.0, 1.0, 1.0)):
