@@ -182,8 +182,8 @@ def density_grid(model: GaussianModel, resolution: int = 128, block_size: int = 
     The grid is processed in blocks of ``block_size``^3 points. A block uses only the Gaussians
     whose ``cutoff``-sigma bounding box overlaps it, and each of those only at the points inside
     its box, so every contribution that is dropped is below ``opacity * exp(-cutoff^2 / 2)``.
-    Memory is bounded by ``max_pairs`` (Gaussian, point) pairs at a time (about 150 bytes
-    each) and the cost grows with the occupied space only.
+    Work happens in runs of at most about ``max_pairs`` (Gaussian, point) pairs (under 100 bytes
+    of temporaries each), so memory is bounded, and the cost grows with the occupied space only.
 
     ``min_sigma`` (in grid spacings) widens every Gaussian to at least that standard deviation
     along each axis, keeping its opacity: a flat Gaussian thinner than the grid spacing falls
