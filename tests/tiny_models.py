@@ -87,13 +87,19 @@ def _tiny_unet(in_channels: int):
 
 
 def _tiny_vae():
+    """A 2x-downsampling VAE whose scaling factor, like SD's, makes latents roughly unit-variance."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(
+    vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
         layers_per_block=1, norm_num_groups=4, sample_size=TINY_RESOLUTION,
     )
+    with torch.no_grad():
+        x = torch.rand(8, 3, TINY_RESOLUTION, TINY_RESOLUTION) * 2 - 1
+        std = vae.encode(x).latent_dist.mean.std().item()
+    vae.register_to_config(scaling_factor=round(1.0 / std, 4))
+    return vae
 
 
 def _sd_scheduler():

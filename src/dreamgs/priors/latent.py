@@ -38,6 +38,8 @@ class LatentDiffusionPrior(Prior):
             raise ConfigError(f"prior.t_schedule: expected anneal or random, got '{t_schedule}'")
         self.device = torch.device(device)
         self.dtype = dtype
+        # Guidance arithmetic, noise and the SDS gradient run in float32 (float64 for fp64 models).
+        self.acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         self.vae = self._frozen(vae)
         self.unet = self._frozen(unet)
         # A DDIMScheduler built from the model's scheduler config: its noise schedule serves both
@@ -47,7 +49,7 @@ class LatentDiffusionPrior(Prior):
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ConfigError(f"prior.model: unsupported prediction_type '{self.prediction_type}'")
         self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
-        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device, torch.float32)
+        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device, self.acc_dtype)
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.guidance_scale = float(guidance_scale)
         self.t_min, self.t_max, self.t_schedule = float(t_min), float(t_max), t_schedule
@@ -75,7 +77,7 @@ class LatentDiffusionPrior(Prior):
 
     @abstractmethod
     def guided_eps(self, x_t: Tensor, t: int, cond: Any) -> Tensor:
-        """Classifier-free-guided noise prediction (float32) for noisy latents ``x_t`` at ``t``."""
+        """Classifier-free-guided noise prediction (``acc_dtype``) for noisy latents ``x_t`` at ``t``."""
 
     # ------------------------------------------------------------------------------------------
     # Building blocks
@@ -85,11 +87,11 @@ class LatentDiffusionPrior(Prior):
         return self.unet(sample, t, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
 
     def _combine(self, out: Tensor, x_in: Tensor, t: int) -> Tensor:
-        """Raw UNet output of a ``[cond; uncond]`` batch -> guided epsilon (float32)."""
-        out = out.float()
+        """Raw UNet output of a ``[cond; uncond]`` batch -> guided epsilon (``acc_dtype``)."""
+        out = out.to(self.acc_dtype)
         if self.prediction_type == "v_prediction":
             abar = self.alphas_cumprod[t]
-            out = abar.sqrt() * out + (1 - abar).sqrt() * x_in.float()
+            out = abar.sqrt() * out + (1 - abar).sqrt() * x_in.to(self.acc_dtype)
         eps_c, eps_u = out.chunk(2)
         return eps_u + self.guidance_scale * (eps_c - eps_u)
 
@@ -113,7 +115,7 @@ class LatentDiffusionPrior(Prior):
 
     def draw_noise(self, like: Tensor) -> Tensor:
         return torch.randn(like.shape, generator=self._noise_gen, device=self._noise_gen.device,
-                           dtype=torch.float32).to(self.device)
+                           dtype=self.acc_dtype).to(self.device)
 
     @staticmethod
     def _check_batch(images: Tensor, cams: Cameras) -> int:
@@ -128,11 +130,12 @@ class LatentDiffusionPrior(Prior):
 
     @torch.no_grad()
     def sds_grad(self, latents: Tensor, cond: Any, t: int, noise: Tensor) -> Tensor:
-        """``w(t) (eps_hat_cfg - eps)`` (float32) for clean ``latents`` noised with ``noise``."""
+        """``w(t) (eps_hat_cfg - eps)`` (``acc_dtype``) for clean ``latents`` noised with ``noise``."""
         abar = self.alphas_cumprod[t]
-        x_t = abar.sqrt() * latents.float() + (1 - abar).sqrt() * noise.float()
+        noise = noise.to(self.acc_dtype)
+        x_t = abar.sqrt() * latents.to(self.acc_dtype) + (1 - abar).sqrt() * noise
         eps_hat = self.guided_eps(x_t.to(self.dtype), t, cond)
-        return torch.nan_to_num((1 - abar) * (eps_hat - noise.float()))
+        return torch.nan_to_num((1 - abar) * (eps_hat - noise))
 
     def sds(self, images: Tensor, cams: Cameras, progress: float, *, t: int | None = None,
             noise: Tensor | None = None) -> Tensor:
@@ -168,12 +171,12 @@ class LatentDiffusionPrior(Prior):
         if strength <= 0:
             return images.detach().float().clamp(0.0, 1.0)
         cond = self.condition(cams, batch)
-        latents = self.encode_images(images).float()
+        latents = self.encode_images(images).to(self.acc_dtype)
         ts = self.refine_timesteps(strength, steps)
         if noise is None:
             noise = self.draw_noise(latents)
         abar = self.alphas_cumprod
-        x = abar[ts[0]].sqrt() * latents + (1 - abar[ts[0]]).sqrt() * noise.float()
+        x = abar[ts[0]].sqrt() * latents + (1 - abar[ts[0]]).sqrt() * noise.to(self.acc_dtype)
         for i, t in enumerate(ts):
             eps = self.guided_eps(x.to(self.dtype), t, cond)
             a_t = abar[t]
