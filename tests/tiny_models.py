@@ -38,23 +38,42 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-def write_clip_tokenizer_files(folder: Path, words: tuple[str, ...] = ("view", "front", "back", "side")) -> Path:
-    """``vocab.json`` + ``merges.txt`` of a small CLIP BPE: all bytes, their word-final forms,
-    merges spelling out ``words``, and the two special tokens."""
+def write_clip_tokenizer_files(folder: Path, words: tuple[str, ...] = ("view", "front", "back", "side"),
+                               vocab_size: int | None = None) -> Path:
+    """``vocab.json`` + ``merges.txt`` of a CLIP-style byte-level BPE: all bytes, their word-final
+    forms, merges spelling out ``words``, and the two special tokens (last, as in CLIP).
+
+    With ``vocab_size`` (49408 for CLIP), synthetic two-character merges pad the vocabulary to
+    that size: token identities are meaningless, sizes and shapes are those of the real model.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     chars = list(bytes_to_unicode().values())
     vocab_list = chars + [c + "</w>" for c in chars]
+    known = set(vocab_list)
     merges: list[str] = []
+
+    def add(left: str, right: str) -> None:
+        if left + right not in known:
+            merges.append(f"{left} {right}")
+            vocab_list.append(left + right)
+            known.add(left + right)
+
     for word in words:
         # Left-to-right merges: w + o -> wo, wo + r -> wor, ..., the last symbol word-final.
         pieces = list(word[:-1]) + [word[-1] + "</w>"]
         current = pieces[0]
         for nxt in pieces[1:]:
-            merged = current + nxt
-            if merged not in vocab_list:
-                merges.append(f"{current} {nxt}")
-                vocab_list.append(merged)
-            current = merged
+            add(current, nxt)
+            current = current + nxt
+    if vocab_size is not None:
+        target = vocab_size - 2
+        if target < len(vocab_list) or target - len(vocab_list) > len(chars) ** 2:
+            raise ValueError(f"cannot build a CLIP BPE vocabulary of size {vocab_size}")
+        for a in chars:
+            for b in chars:
+                if len(vocab_list) >= target:
+                    break
+                add(a, b + "</w>")
     vocab_list += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {tok: i for i, tok in enumerate(vocab_list)}
     (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
@@ -62,10 +81,10 @@ def write_clip_tokenizer_files(folder: Path, words: tuple[str, ...] = ("view", "
     return folder
 
 
-def write_clip_tokenizer(folder: Path) -> Path:
+def write_clip_tokenizer(folder: Path, vocab_size: int | None = None) -> Path:
     """A tokenizer folder laid out like the hub's SD ``tokenizer/``: ``vocab.json``,
     ``merges.txt``, ``tokenizer_config.json``, ``special_tokens_map.json``."""
-    write_clip_tokenizer_files(folder)
+    write_clip_tokenizer_files(folder, vocab_size=vocab_size)
     special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
                "unk_token": "<|endoftext|>"}
     config = dict(special, tokenizer_class="CLIPTokenizer", model_max_length=77, do_lower_case=True,
