@@ -530,3 +530,29 @@ def test_full_zero123_load_ignores_pickles_next_to_safetensors(z_folder, tmp_pat
     prior = load_prior(tiny_config("zero123", folder), "cpu", ref_image=ref_image)
     assert prior.unet.config.in_channels == 8
     assert not marker.exists() and not torch_loads
+
+
+# ----------------------------------------------------------------------------------------------
+# Factory defaults and small helpers
+
+
+def test_factory_defaults_and_overrides(sd_prior, z_prior, sd_folder):
+    assert sd_prior.guidance_scale == 100.0 and z_prior.guidance_scale == 5.0  # prior.guidance_scale unset
+    assert sd_prior.resolution == R and sd_prior.dtype == torch.float32
+    prior = load_prior(tiny_config("sd", sd_folder, overrides=("prior.guidance_scale=7.5",
+                                                              "prior.t_min=0.1", "prior.t_max=0.5")), "cpu")
+    assert prior.guidance_scale == 7.5
+    assert (prior.timestep(0.0), prior.timestep(1.0)) == (500, 100)
+
+
+def test_hub_ids_and_dtypes():
+    from dreamgs.priors.weights import is_hub_id, resolve_dtype
+
+    assert is_hub_id("stabilityai/stable-diffusion-2-1-base") and is_hub_id("ashawkey/zero123-xl-diffusers")
+    for bad in ("sd", "/abs/path", "a/b/c", "../x", "./x", "~/models/sd", "a/../b"):
+        assert not is_hub_id(bad), bad
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    assert resolve_dtype("auto", "cuda") == torch.float16
+    assert resolve_dtype("bf16", "cpu") == torch.bfloat16
+    with pytest.raises(ConfigError):
+        resolve_dtype("int8", "cpu")

@@ -137,6 +137,31 @@ def make_cameras(elevation, azimuth, radius, fovy: float, width: int, height: in
     )
 
 
+def cameras_from_c2w(c2w, fovy: float, width: int, height: int | None = None, device="cpu") -> Cameras:
+    """Cameras from OpenGL camera-to-world matrices (C, 4, 4), e.g. from a NeRF-style dataset.
+
+    The orbit parameters are recovered from the camera positions (relative to the origin).
+    """
+    height = width if height is None else height
+    c2w = torch.as_tensor(c2w, dtype=torch.float64).reshape(-1, 4, 4)
+    viewmats = torch.linalg.inv(c2w @ _GL_TO_CV)
+    pos = c2w[:, :3, 3]
+    r = pos.norm(dim=-1).clamp_min(1e-12)
+    el = torch.rad2deg(torch.asin((-pos[:, 1] / r).clamp(-1, 1)))
+    az = torch.rad2deg(torch.atan2(pos[:, 0], pos[:, 2]))
+    K = intrinsics(fovy, width, height).expand(len(c2w), 3, 3)
+    return Cameras(viewmats.float().to(device), K.float().to(device), int(width), int(height),
+                   el.float().to(device), az.float().to(device), r.float().to(device), float(fovy))
+
+
+def cat_cameras(cams: list[Cameras]) -> Cameras:
+    """Concatenate camera batches of the same image size and field of view."""
+    first = cams[0]
+    return Cameras(torch.cat([c.viewmats for c in cams]), torch.cat([c.Ks for c in cams]), first.width,
+                   first.height, torch.cat([c.elevation for c in cams]), torch.cat([c.azimuth for c in cams]),
+                   torch.cat([c.radius for c in cams]), first.fovy)
+
+
 def sample_cameras(n: int, cfg, size: int, device="cpu", generator: torch.Generator | None = None) -> Cameras:
     """Draw ``n`` random training cameras from the ranges in a :class:`~dreamgs.config.CameraConfig`."""
     u = torch.rand(n, 3, generator=generator, dtype=torch.float64)

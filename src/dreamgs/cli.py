@@ -21,6 +21,77 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
 
 
+# --- text / image ---------------------------------------------------------------------------------
+
+
+def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prior", metavar="KIND",
+                   help="sd | zero123 | stable-zero123 | oracle | oracle:ASSET_OR_FILE "
+                        "(oracle = the built-in exact prior, works offline)")
+    p.add_argument("--model", metavar="ID_OR_DIR", help="diffusers model: hub id or local folder")
+    p.add_argument("--seed", type=int, help="random seed (default: drawn and recorded in seed.txt)")
+    p.add_argument("--out", metavar="DIR", help="parent folder for the run folder (default: outputs)")
+    p.add_argument("--run-dir", metavar="DIR", help="exact run folder to write (default: a new folder under --out)")
+    p.add_argument("--no-mesh", action="store_true", help="stop after stage 1 (Gaussians, .ply, video)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_config_args(p)
+
+
+def _add_text(sub) -> None:
+    p = sub.add_parser("text", help="generate a 3D asset from a text prompt",
+                       description="Text to 3D: score distillation from Stable Diffusion (or the oracle prior), "
+                                   "then a textured mesh.")
+    p.add_argument("prompt", help='what to generate, e.g. "a ceramic mug"')
+    p.add_argument("--negative", metavar="TEXT", help="negative prompt")
+    _add_generation_args(p)
+
+
+def _add_image(sub) -> None:
+    p = sub.add_parser("image", help="generate a 3D asset from one RGBA image",
+                       description="Image to 3D: reference-view losses plus score distillation from Zero123 "
+                                   "(or the oracle prior), then a textured mesh. The image should be RGBA with the "
+                                   "object's mask in alpha (see `dreamgs prep`).")
+    p.add_argument("image", help="input image (RGBA PNG; run `dreamgs prep` first for other images)")
+    p.add_argument("--elevation", type=float, help="elevation of the input view in degrees (negative = above)")
+    _add_generation_args(p)
+
+
+def _generation_overrides(args) -> list[str]:
+    ov = []
+    if args.prior:
+        kind, _, asset = args.prior.partition(":")
+        ov.append(f"prior.kind={kind}")
+        if asset:
+            ov.append(f"prior.asset={asset}")
+    if args.model:
+        ov.append(f"prior.model={args.model}")
+    if args.no_mesh:
+        ov.append("stage2.enabled=false")
+    if getattr(args, "negative", None):
+        ov.append(f"negative_prompt={args.negative}")
+    if getattr(args, "elevation", None) is not None:
+        ov.append(f"elevation={args.elevation}")
+    return ov + list(args.overrides)
+
+
+def _run_generation(args, prompt=None, image=None) -> int:
+    from .pipeline import generate
+
+    result = generate(prompt, image=image, config=args.config, overrides=_generation_overrides(args),
+                      seed=args.seed, output_dir=args.out, run_dir=args.run_dir, progress=not args.quiet)
+    files = ", ".join(str(p) for p in result.files.values())
+    print(f"done in {result.summary.get('total_s', 0):.1f} s (seed {result.seed}); wrote {files}")
+    return 0
+
+
+def _cmd_text(args) -> int:
+    return _run_generation(args, prompt=args.prompt)
+
+
+def _cmd_image(args) -> int:
+    return _run_generation(args, image=args.image)
+
+
 # --- fit ------------------------------------------------------------------------------------------
 
 
@@ -40,10 +111,43 @@ def _cmd_fit(args) -> int:
     return run_fit_command(args.data, args.out, args.config, args.overrides)
 
 
+# --- prep -----------------------------------------------------------------------------------------
+
+
+def _add_prep(sub) -> None:
+    p = sub.add_parser(
+        "prep", help="cut out, centre and scale the object of an input image (RGBA for image-to-3D)",
+        description="Prepare an input image for image-to-3D: take the object's alpha (from --mask, the image's "
+                    "own transparency, or rembg if it and its model file are installed), centre the object's "
+                    "bounding box and scale its longer side to (1 - border ratio) * size, and write a square "
+                    "RGBA PNG.")
+    p.add_argument("image", metavar="IMAGE", help="input image (PNG, JPEG, WebP, ...)")
+    p.add_argument("--mask", metavar="MASK", help="mask image of the same size: white = object (or a cut-out "
+                                                   "whose alpha is the mask)")
+    p.add_argument("--size", type=int, default=256, help="output width and height in pixels (default: 256)")
+    p.add_argument("--border-ratio", type=float, default=0.2,
+                   help="fraction of the size left as empty border around the object (default: 0.2)")
+    p.add_argument("--out", metavar="OUT.png", help="output file (default: <stem>_rgba.png next to IMAGE)")
+
+
+def _cmd_prep(args) -> int:
+    from .images import prep_output_path, preprocess
+    from .media import save_image
+
+    out = prep_output_path(args.image, args.out)
+    rgba = preprocess(args.image, size=args.size, border_ratio=args.border_ratio, mask=args.mask)
+    save_image(out, rgba)
+    print(out)
+    return 0
+
+
 # --- main -----------------------------------------------------------------------------------------
 
 COMMANDS = {
+    "text": (_add_text, _cmd_text),
+    "image": (_add_image, _cmd_image),
     "fit": (_add_fit, _cmd_fit),
+    "prep": (_add_prep, _cmd_prep),
 }
 
 

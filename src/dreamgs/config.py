@@ -71,16 +71,17 @@ class PriorConfig:
     kind: str = "sd"  # sd | zero123 | stable-zero123 | oracle
     model: str = ""  # hub id or local folder; empty picks the default for the kind
     asset: str = ""  # oracle: built-in asset name or a path to .obj/.glb/.ply ("" = from prompt)
-    guidance_scale: float = 100.0
+    guidance_scale: float | None = None  # None = the prior's default (SD 100, Zero123 5, oracle 5)
     t_min: float = 0.02
     t_max: float = 0.98
     t_schedule: str = "anneal"  # anneal | random
     dtype: str = "auto"  # auto | fp32 | fp16 | bf16
     view_dependent_prompt: bool = True
     resolution: int = 0  # 0 = the prior's native resolution
-    oracle_views: int = 96  # oracle: reference renders per asset
+    oracle_azimuths: int = 72  # oracle: reference views per elevation ring
+    oracle_elevations: tuple[float, ...] = (-60.0, -45.0, -30.0, -15.0, 0.0, 15.0, 30.0, 45.0)
     oracle_resolution: int = 64
-    oracle_sigma: float = 0.35  # oracle: camera-kernel width (radians) for image conditioning
+    oracle_camera_sigma: float = 0.35  # oracle: camera-kernel width (radians) for image conditioning
 
 
 @dataclass
@@ -141,6 +142,25 @@ class ExportConfig:
     obj: bool = True
 
 
+def _fit_densify() -> DensifyConfig:
+    return DensifyConfig(start=100, stop=1000, interval=100, grad_threshold=0.002, split_scale=0.02,
+                         min_opacity=0.005, prune_scale=0.3)
+
+
+@dataclass
+class FitConfig:
+    """Multi-view fitting (``dreamgs fit``): Gaussians fitted to posed RGBA images."""
+
+    iters: int = 600
+    views_per_step: int = 4
+    num_points: int = 2000
+    init_radius: float = 0.6
+    init_opacity: float = 0.1
+    lambda_alpha: float = 1.0
+    lr_position_steps: int = 600
+    densify: DensifyConfig = field(default_factory=_fit_densify)
+
+
 @dataclass
 class Config:
     mode: str = "text"  # text | image
@@ -162,6 +182,7 @@ class Config:
     texture: TextureConfig = field(default_factory=TextureConfig)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     export: ExportConfig = field(default_factory=ExportConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
 
 
 # ----------------------------------------------------------------------------------------------

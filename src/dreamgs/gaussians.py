@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .atomic import atomic_output
 from .errors import InputError
 
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
@@ -388,102 +390,243 @@ def reset_opacity(model: GaussianModel, optimizer: torch.optim.Optimizer | None,
 
 
 # ------------------------------------------------------------------------------------------------
-# The 3DGS .ply format
+# The 3DGS .ply format (see docs/ply-format.md for the viewer survey behind these choices)
 
-PLY_SH0_VIEWER_DEGREE = 3  # SH0 models are written padded to degree 3 (see save_ply)
+PLY_PAD_SH_DEGREE = 3  # save_ply pads SH to this degree by default: the layout every viewer reads
+PLY_MAX_HEADER_BYTES = 1 << 20
+
+# PLY scalar type names (both spellings of the spec) -> numpy type codes without byte order.
+_PLY_SCALAR_TYPES = {
+    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
+    "short": "i2", "int16": "i2", "ushort": "u2", "uint16": "u2",
+    "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
+    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
+}
+_PLY_REQUIRED = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
+                 "rot_0", "rot_1", "rot_2", "rot_3")
 
 
-def _ply_property_names(n_rest: int) -> list[str]:
+def ply_property_names(n_rest: int) -> list[str]:
+    """The reference 3DGS property order for ``n_rest`` f_rest coefficients (3 * (K - 1))."""
     return (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
             + [f"f_rest_{i}" for i in range(n_rest)]
             + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
 
 
-def save_ply(model: GaussianModel, path: str | os.PathLike, pad_sh_degree: int | None = None) -> Path:
-    """Write the standard 3DGS layout (binary little-endian, float32), atomically.
+def _ply_header(n: int, names: list[str]) -> bytes:
+    # Exactly the reference layout: LF line endings, the vertex count on the third line (the SIBR
+    # viewer reads it from there), no comment or obj_info lines, a single 'vertex' element.
+    lines = ["ply", "format binary_little_endian 1.0", f"element vertex {n}"]
+    lines += [f"property float {name}" for name in names]
+    lines.append("end_header")
+    return ("\n".join(lines) + "\n").encode("ascii")
 
-    Properties: ``x y z nx ny nz f_dc_0..2 f_rest_* opacity scale_0..2 rot_0..3``; f_rest is stored
-    channel-major (all R coefficients, then G, then B), as the reference implementation does.
-    ``pad_sh_degree`` pads higher SH bands with zeros (see the README on viewer compatibility).
+
+def save_ply(model: GaussianModel, path: str | os.PathLike, pad_sh_degree: int | None = PLY_PAD_SH_DEGREE
+             ) -> Path:
+    """Write ``model`` as a 3DGS ``.ply`` (binary little-endian float32), atomically.
+
+    Properties, in this order: ``x y z nx ny nz f_dc_0..2 f_rest_* opacity scale_0..2 rot_0..3``.
+    Normals are zeros; f_rest is channel-major (all R coefficients of bands 1.., then G, then B);
+    opacity is a logit, scales are logs, rotations are raw (w, x, y, z) quaternions.
+
+    ``pad_sh_degree`` (default 3) appends zero coefficients up to that SH degree, so SH-degree-0
+    models get the 45 f_rest properties (248 bytes per Gaussian) that some viewers require;
+    ``None`` writes the stored degree as it is. Padding never drops stored coefficients. The
+    output is deterministic: the same model gives the same bytes.
     """
-    from plyfile import PlyData, PlyElement
-
     path = Path(path)
-    p = {k: v.detach().float().cpu() for k, v in model.params.items()}
+    if pad_sh_degree is not None and not 0 <= pad_sh_degree <= 3:
+        raise ValueError(f"pad_sh_degree must be 0..3 or None, got {pad_sh_degree}")
+    p = {k: v.detach().to("cpu", torch.float32) for k, v in model.params.items()}
     n = p["means"].shape[0]
+    if n == 0:
+        raise ValueError(f"{path}: refusing to write a .ply with no Gaussians")
+    for name, t in p.items():
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{path}: model has non-finite values in '{name}'; not writing an unreadable .ply")
     shN = p["shN"]
     if pad_sh_degree is not None and num_sh_bases(pad_sh_degree) - 1 > shN.shape[1]:
         shN = torch.cat([shN, torch.zeros(n, num_sh_bases(pad_sh_degree) - 1 - shN.shape[1], 3)], dim=1)
     f_rest = shN.transpose(1, 2).reshape(n, -1)
-    cols = [p["means"], torch.zeros(n, 3), p["sh0"].reshape(n, 3), f_rest, p["opacities"][:, None],
-            p["scales"], p["quats"]]
-    data = torch.cat(cols, dim=1).numpy().astype("<f4")
-    names = _ply_property_names(f_rest.shape[1])
-    arr = np.empty(n, dtype=[(name, "<f4") for name in names])
-    for i, name in enumerate(names):
-        arr[name] = data[:, i]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        PlyData([PlyElement.describe(arr, "vertex")], byte_order="<").write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    data = torch.cat([p["means"], torch.zeros(n, 3), p["sh0"].reshape(n, 3), f_rest, p["opacities"][:, None],
+                      p["scales"], p["quats"]], dim=1).numpy()
+    header = _ply_header(n, ply_property_names(f_rest.shape[1]))
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(header)
+            f.write(np.ascontiguousarray(data, dtype="<f4").tobytes())
     return path
 
 
-def load_ply(path: str | os.PathLike, device="cpu") -> GaussianModel:
-    """Read a 3DGS ``.ply``. Raises :class:`InputError` naming the file and the problem."""
-    from plyfile import PlyData
+@dataclass
+class _PlyElement:
+    name: str
+    count: int
+    props: list[tuple[str, str | None]]  # (name, numpy type code) or (name, None) for list properties
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
+
+def _parse_ply_header(path: Path, head: bytes) -> tuple[int, str, list[_PlyElement]]:
+    """Parse a PLY header. Returns (header length in bytes, byte order '<' or '>', elements)."""
+    if not (head.startswith(b"ply\n") or head.startswith(b"ply\r\n")):
+        raise InputError(f"{path}: not a PLY file (it does not start with the 'ply' magic line)")
+    match = re.search(rb"\nend_header\r?\n", head)
+    if match is None:
+        raise InputError(f"{path}: PLY header has no 'end_header' line in its first {len(head)} bytes "
+                         "(truncated file, or not a PLY file)")
     try:
+        text = head[:match.start()].decode("ascii")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: PLY header is not ASCII text") from None
+    fmt, elements = None, []
+    for lineno, raw in enumerate(text.split("\n")[1:], start=2):
+        words = raw.strip().split()
+        if not words or words[0] in ("comment", "obj_info"):
+            continue
+        key = words[0]
+        if key == "format":
+            if elements:
+                raise InputError(f"{path}: the PLY 'format' line must come before the elements (line {lineno})")
+            if fmt is not None or len(words) != 3:
+                raise InputError(f"{path}: bad PLY header line {lineno}: {raw.strip()!r}")
+            fmt = words[1]
+            if fmt == "ascii":
+                raise InputError(f"{path}: ASCII PLY is not supported; 3DGS files are binary "
+                                 "(re-export it as binary_little_endian)")
+            if fmt not in ("binary_little_endian", "binary_big_endian") or words[2] != "1.0":
+                raise InputError(f"{path}: unknown PLY format {' '.join(words[1:])!r}")
+        elif key == "element":
+            if fmt is None:
+                raise InputError(f"{path}: the PLY 'format' line must come before the elements (line {lineno})")
+            if len(words) != 3 or not words[2].isdigit():
+                raise InputError(f"{path}: bad PLY element line {lineno}: {raw.strip()!r}")
+            elements.append(_PlyElement(words[1], int(words[2]), []))
+        elif key == "property":
+            if not elements:
+                raise InputError(f"{path}: PLY property before any element (line {lineno})")
+            if len(words) == 5 and words[1] == "list":
+                if words[2] not in _PLY_SCALAR_TYPES or words[3] not in _PLY_SCALAR_TYPES:
+                    raise InputError(f"{path}: unknown PLY list types on line {lineno}: {raw.strip()!r}")
+                elements[-1].props.append((words[4], None))
+            elif len(words) == 3 and words[1] in _PLY_SCALAR_TYPES:
+                elements[-1].props.append((words[2], _PLY_SCALAR_TYPES[words[1]]))
+            else:
+                raise InputError(f"{path}: bad PLY property line {lineno}: {raw.strip()!r}")
+        else:
+            raise InputError(f"{path}: unknown PLY header keyword {key!r} on line {lineno}")
+    if fmt is None:
+        raise InputError(f"{path}: PLY header has no 'format' line")
+    return match.end(), "<" if fmt == "binary_little_endian" else ">", elements
+
+
+def load_ply(path: str | os.PathLike, device="cpu") -> GaussianModel:
+    """Read a 3DGS ``.ply`` (binary, either byte order, any numeric property types).
+
+    Raises :class:`InputError` naming the file and the problem for anything that is not a valid
+    Gaussian splat file: missing/empty/truncated files, meshes and point clouds, bad headers,
+    non-finite values, zero quaternions.
+
+    The returned model stores every coefficient in the file (so saving it again reproduces the
+    file byte for byte), and its *active* ``sh_degree`` is the highest band with any nonzero
+    coefficient: a degree-0 model saved with zero padding to degree 3 loads with 45 f_rest
+    values per Gaussian but ``sh_degree == 0``, and renders exactly like the original.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a .ply file")
+    try:
+        size = path.stat().st_size
         with open(path, "rb") as f:
-            ply = PlyData.read(f)
-    except Exception as e:  # plyfile raises several types for malformed files
-        raise InputError(f"{path}: not a readable .ply file ({type(e).__name__}: {e})") from None
-    names = [el.name for el in ply.elements]
-    if "vertex" not in names:
-        raise InputError(f"{path}: no 'vertex' element; this is not a 3D Gaussian .ply")
-    v = ply["vertex"]
-    props = [prop.name for prop in v.properties]
-    required = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
-                "rot_0", "rot_1", "rot_2", "rot_3"]
-    missing = [r for r in required if r not in props]
+            if size == 0:
+                raise InputError(f"{path}: empty file (0 bytes), not a .ply")
+            head = f.read(min(size, PLY_MAX_HEADER_BYTES))
+            header_len, order, elements = _parse_ply_header(path, head)
+            names = [el.name for el in elements]
+            if "vertex" not in names:
+                raise InputError(f"{path}: no 'vertex' element (elements: {', '.join(names) or 'none'}); "
+                                 "not a 3D Gaussian .ply")
+            vi = names.index("vertex")
+            offset = header_len
+            for el in elements[:vi]:  # fixed-size elements before 'vertex' can be skipped
+                if any(t is None for _, t in el.props):
+                    raise InputError(f"{path}: element '{el.name}' before 'vertex' has list properties; "
+                                     "not a 3D Gaussian .ply")
+                offset += el.count * sum(int(t[1]) for _, t in el.props)
+            vertex = elements[vi]
+            _check_vertex_properties(path, vertex)
+            if vertex.count == 0:
+                raise InputError(f"{path}: the file holds no Gaussians (vertex count 0)")
+            dtype = np.dtype([(name, order + t) for name, t in vertex.props])
+            nbytes = vertex.count * dtype.itemsize
+            if offset + nbytes > size:
+                raise InputError(f"{path}: truncated: the header declares {vertex.count} Gaussians "
+                                 f"({nbytes} bytes) but only {max(size - offset, 0)} bytes of data follow")
+            f.seek(offset)
+            buf = f.read(nbytes)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read file ({e.strerror or e})") from None
+    if len(buf) != nbytes:
+        raise InputError(f"{path}: truncated: expected {nbytes} bytes of vertex data, read {len(buf)}")
+    data = np.frombuffer(buf, dtype=dtype)
+    return _model_from_ply_data(path, data, device)
+
+
+def _check_vertex_properties(path: Path, vertex: _PlyElement) -> None:
+    props = [name for name, _ in vertex.props]
+    lists = [name for name, t in vertex.props if t is None]
+    if lists:
+        raise InputError(f"{path}: 'vertex' has list properties ({', '.join(lists)}); not a 3D Gaussian .ply")
+    dup = sorted({p for p in props if props.count(p) > 1})
+    if dup:
+        raise InputError(f"{path}: duplicate vertex properties: {', '.join(dup)}")
+    if "packed_position" in props:
+        raise InputError(f"{path}: this is a compressed splat .ply (packed_* properties), which is not "
+                         "supported; decompress it to a standard 3DGS .ply first")
+    missing = [r for r in _PLY_REQUIRED if r not in props]
     if missing:
-        raise InputError(f"{path}: missing 3DGS properties {', '.join(missing)}"
-                         " (is this a point cloud or mesh rather than a Gaussian splat file?)")
-    rest = sorted((p for p in props if p.startswith("f_rest_")), key=lambda s: int(s.split("_")[-1])
-                  if s.split("_")[-1].isdigit() else -1)
-    if any(not r.split("_")[-1].isdigit() for r in rest) or [int(r.split("_")[-1]) for r in rest] != list(range(len(rest))):
+        raise InputError(f"{path}: missing 3DGS vertex properties: {', '.join(missing)} "
+                         "(is this a mesh or point cloud .ply rather than Gaussian splats?)")
+    rest = [p for p in props if p.startswith("f_rest_")]
+    idx = sorted(int(r[7:]) for r in rest if r[7:].isdigit() and str(int(r[7:])) == r[7:])
+    if idx != list(range(len(rest))):
         raise InputError(f"{path}: f_rest_* properties are not numbered 0..{len(rest) - 1}")
-    if len(rest) % 3 or num_sh_bases(int(round(math.sqrt(len(rest) // 3 + 1))) - 1) != len(rest) // 3 + 1:
-        raise InputError(f"{path}: {len(rest)} f_rest_* properties do not match any SH degree")
-    n = len(v.data)
-    if n == 0:
-        raise InputError(f"{path}: the file holds no Gaussians")
+    if len(rest) not in (0, 9, 24, 45):
+        raise InputError(f"{path}: {len(rest)} f_rest_* properties match no SH degree 0-3 "
+                         "(expected 0, 9, 24 or 45)")
 
-    def col(names_: list[str]) -> Tensor:
-        try:
-            cols = [np.asarray(v.data[name], dtype=np.float32) for name in names_]
-        except Exception as e:
-            raise InputError(f"{path}: unreadable vertex data ({e})") from None
-        return torch.from_numpy(np.stack(cols, axis=1).copy()) if cols else torch.zeros(n, 0)
 
-    k1 = len(rest) // 3
+def _model_from_ply_data(path: Path, data: np.ndarray, device) -> GaussianModel:
+    n = data.shape[0]
+    n_rest = sum(1 for name in data.dtype.names if name.startswith("f_rest_"))
+
+    def col(names: list[str]) -> Tensor:
+        if not names:
+            return torch.zeros(n, 0)
+        return torch.from_numpy(np.stack([data[name].astype(np.float32) for name in names], axis=1))
+
+    k1 = n_rest // 3
     params = {
         "means": col(["x", "y", "z"]),
         "sh0": col(["f_dc_0", "f_dc_1", "f_dc_2"]).reshape(n, 1, 3),
-        "shN": col(rest).reshape(n, 3, k1).transpose(1, 2).contiguous(),
+        "shN": col([f"f_rest_{i}" for i in range(n_rest)]).reshape(n, 3, k1).transpose(1, 2).contiguous(),
         "opacities": col(["opacity"]).reshape(n),
         "scales": col(["scale_0", "scale_1", "scale_2"]),
         "quats": col(["rot_0", "rot_1", "rot_2", "rot_3"]),
     }
-    for k, t in params.items():
-        if not torch.isfinite(t).all():
-            raise InputError(f"{path}: non-finite values in {k}")
-    if (params["quats"].norm(dim=-1) == 0).any():
-        raise InputError(f"{path}: zero-length rotation quaternions")
-    return GaussianModel({k: t.to(device) for k, t in params.items()})
+    for name, t in params.items():
+        bad = ~torch.isfinite(t.reshape(n, -1)).all(dim=1)
+        if bad.any():
+            raise InputError(f"{path}: non-finite values in '{name}' of {int(bad.sum())} Gaussians "
+                             f"(first: #{int(bad.nonzero()[0, 0])})")
+    zero_q = (params["quats"] == 0).all(dim=1)
+    if zero_q.any():
+        raise InputError(f"{path}: {int(zero_q.sum())} Gaussians have a zero rotation quaternion "
+                         f"(first: #{int(zero_q.nonzero()[0, 0])})")
+    active = 0
+    for d in range(int(round(math.sqrt(k1 + 1))) - 1, 0, -1):
+        if (params["shN"][:, d * d - 1:(d + 1) ** 2 - 1] != 0).any():
+            active = d
+            break
+    return GaussianModel({k: t.to(device) for k, t in params.items()}, sh_degree=active)

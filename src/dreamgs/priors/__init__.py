@@ -34,8 +34,10 @@ def load_prior(cfg: "Config", device, ref_image: "torch.Tensor | None" = None) -
     is required by the image-conditioned kinds."""
     p = cfg.prior
     kind = p.kind
-    common = dict(device=device, dtype=p.dtype, guidance_scale=p.guidance_scale, t_min=p.t_min,
-                  t_max=p.t_max, t_schedule=p.t_schedule, resolution=p.resolution, seed=cfg.seed)
+    common = dict(device=device, dtype=p.dtype, t_min=p.t_min, t_max=p.t_max, t_schedule=p.t_schedule,
+                  resolution=p.resolution, seed=cfg.seed)
+    if p.guidance_scale is not None:  # None keeps the prior's own default (SD 100, Zero123 5)
+        common["guidance_scale"] = p.guidance_scale
     if kind == "sd":
         from .sd import DEFAULT_SD_MODEL, StableDiffusionPrior
 
@@ -52,7 +54,7 @@ def load_prior(cfg: "Config", device, ref_image: "torch.Tensor | None" = None) -
         return Zero123Prior(p.model, ref_image=ref_image, ref_elevation=cfg.elevation,
                             ref_radius=cfg.camera.radius, stable=kind == "stable-zero123", **common)
     elif kind == "oracle":
-        from .oracle import OraclePrior  # written by the lead
+        from .oracle import build_oracle
 
-        return OraclePrior(cfg, device, ref_image)  # lead: adapt to OraclePrior's constructor
+        return build_oracle(cfg, device, ref_image)
     raise ConfigError(f"prior.kind: unknown kind '{kind}' (valid: {', '.join(PRIOR_KINDS)})")

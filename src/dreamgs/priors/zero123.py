@@ -44,14 +44,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..atomic import atomic_output
 from ..cameras import Cameras
 from ..errors import ConfigError, InputError
 from .base import resize
@@ -110,21 +109,11 @@ class CameraProjection(torch.nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         config = {"_class_name": "CLIPCameraProjection", "additional_embeddings": self.additional_embeddings,
                   "embedding_dim": self.embedding_dim}
-        _atomic_write(folder / PROJECTION_CONFIG,
-                      lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8"))
+        with atomic_output(folder / PROJECTION_CONFIG) as tmp:
+            tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        _atomic_write(folder / PROJECTION_WEIGHTS, lambda p: save_file(state, p))
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        with atomic_output(folder / PROJECTION_WEIGHTS) as tmp:
+            save_file(state, str(tmp))
 
 
 def camera_vector(elevation: Tensor, azimuth: Tensor, radius: Tensor, ref_elevation: float,

@@ -1,0 +1,137 @@
+"""The whole job, top-down: input -> prior -> stage 1 (Gaussians) -> stage 2 (textured mesh) -> files.
+
+:func:`generate` is the Python API behind ``dreamgs text`` and ``dreamgs image``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .config import Config, load_config, validate
+from .errors import InputError
+
+MAX_PROMPT_CHARS = 1000
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    seed: int
+    files: dict[str, Path] = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+
+
+ProgressFn = Callable[[dict], None]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def check_prompt(prompt: str) -> str:
+    if prompt is None or not str(prompt).strip():
+        raise InputError("the prompt is empty; describe the object to generate, e.g. dreamgs text \"a ceramic mug\"")
+    prompt = " ".join(str(prompt).split())
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InputError(f"the prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS} "
+                         "(text encoders read only the first ~77 tokens)")
+    return prompt
+
+
+def resolve_config(prompt: str | None = None, image: str | Path | None = None,
+                   config: str | Path | Config | None = None, overrides: Sequence[str] = (),
+                   seed: int | None = None) -> Config:
+    """Build and check the run's config; the mode is image when an image is given, else text."""
+    mode = "image" if image is not None else "text"
+    if isinstance(config, Config):
+        cfg = config
+        cfg.mode = mode
+        validate(cfg)
+    else:
+        cfg = load_config(mode, config, overrides)
+    if prompt is not None:
+        cfg.prompt = prompt
+    if image is not None:
+        cfg.image = str(image)
+    if seed is not None:
+        cfg.seed = seed
+    if mode == "text":
+        cfg.prompt = check_prompt(cfg.prompt)
+    elif not Path(cfg.image).is_file():
+        raise InputError(f"{cfg.image}: input image not found")
+    validate(cfg)
+    return cfg
+
+
+def generate(prompt: str | None = None, *, image: str | Path | None = None,
+             config: str | Path | Config | None = None, overrides: Sequence[str] = (),
+             seed: int | None = None, output_dir: str | Path | None = None, run_dir: str | Path | None = None,
+             on_progress: ProgressFn | None = None, progress: bool = True) -> RunResult:
+    """Generate a 3D asset from a text ``prompt`` or an ``image`` (an RGBA file).
+
+    Writes everything into a new run folder under ``output_dir`` (default: the config's
+    ``output_dir``) and returns its paths. ``on_progress`` receives dicts with ``stage``,
+    ``step``, ``total``, ``loss``, ``gaussians`` and, now and then, a ``preview`` image.
+    """
+    from .gaussians import save_ply
+    from .priors import load_prior
+    from .run import default_run_name, prepare_run_dir, resolve_seed, write_json
+    from .stage1 import Stage1, make_reference, resolve_device
+
+    t_start = time.perf_counter()
+    cfg = resolve_config(prompt, image, config, overrides, seed)
+    seed = resolve_seed(cfg)
+    seed_everything(seed)
+    device = resolve_device(cfg.device)
+    if run_dir is None:
+        run_dir = Path(output_dir or cfg.output_dir) / (cfg.run_name or default_run_name(cfg))
+    run_dir = prepare_run_dir(run_dir, cfg, seed)
+    result = RunResult(run_dir, seed, {"config": run_dir / "config.yaml", "seed": run_dir / "seed.txt"})
+    timings: dict[str, float] = {}
+
+    # Input and prior.
+    t0 = time.perf_counter()
+    ref, ref_image = None, None
+    if cfg.mode == "image":
+        from .images import preprocess
+        from .media import save_image
+
+        rgba = torch.as_tensor(preprocess(cfg.image, size=cfg.stage1.ref_size)).float()
+        save_image(run_dir / "input_rgba.png", rgba.numpy())
+        result.files["input"] = run_dir / "input_rgba.png"
+        ref = make_reference(rgba, cfg, device)
+        a = ref.rgba[..., 3:4]
+        ref_image = (ref.rgba[..., :3] * a + (1 - a)).permute(2, 0, 1)[None]
+    prior = load_prior(cfg, device, ref_image)
+    timings["prior_load"] = time.perf_counter() - t0
+
+    # Stage 1.
+    t0 = time.perf_counter()
+    stage1 = Stage1(cfg, prior, ref, device)
+
+    def report(s1: Stage1) -> None:
+        if on_progress is not None:
+            on_progress({"stage": "stage1", "step": s1.step_count, "total": cfg.stage1.iters,
+                         "loss": s1.last.get("loss"), "gaussians": len(s1.model)})
+
+    model = stage1.run(callback=report, progress=progress)
+    timings["stage1"] = time.perf_counter() - t0
+    result.files["ply"] = save_ply(model, run_dir / "model.ply")
+    summary = {"mode": cfg.mode, "prompt": cfg.prompt, "image": cfg.image, "seed": seed,
+               "prior": prior.describe(), "device": str(device), "gaussians": len(model),
+               "bad_steps": stage1.trainer.bad_steps}
+
+    result.summary = summary
+    summary["timings_s"] = timings
+    summary["total_s"] = time.perf_counter() - t_start
+    result.files["summary"] = write_json(run_dir / "summary.json", summary)
+    return result

@@ -1,0 +1,128 @@
+"""Stage 1: generative Gaussians by score distillation (DreamGaussian's first stage).
+
+Each step samples random orbit cameras, renders the Gaussians over a white or black background,
+and asks the prior for its SDS loss. In image mode the input view is also rendered at its known
+camera (azimuth 0, the given elevation) and compared with the input RGBA (colour and mask losses,
+warmed up linearly). Densification runs on the configured schedule.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from .cameras import Cameras, make_cameras, sample_cameras
+from .config import Config
+from .fit import reference_loss
+from .gaussians import GaussianModel
+from .priors.base import Prior
+from .render import render
+from .train import GaussianTrainer
+
+
+@dataclass
+class ReferenceView:
+    """Image mode's input: straight-alpha RGBA (H, W, 4) in [0, 1] and its camera."""
+
+    rgba: Tensor
+    cams: Cameras
+
+
+def make_reference(rgba: Tensor, cfg: Config, device) -> ReferenceView:
+    size = cfg.stage1.ref_size
+    img = rgba.permute(2, 0, 1)[None].float()
+    if img.shape[-1] != size or img.shape[-2] != size:
+        img = torch.nn.functional.interpolate(img, (size, size), mode="bilinear", align_corners=False,
+                                              antialias=True)
+    cams = make_cameras(cfg.elevation, 0.0, cfg.camera.radius, cfg.camera.fovy, size, device=device)
+    return ReferenceView(img[0].permute(1, 2, 0).clamp(0, 1).to(device), cams)
+
+
+def render_size(cfg: Config, step: int) -> int:
+    """Render resolution at ``step``: steps up through render_sizes at the milestone fractions."""
+    s = cfg.stage1
+    frac = step / max(1, s.iters)
+    i = sum(1 for m in s.size_milestones if frac >= m)
+    return s.render_sizes[i]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Stage1:
+    """The stage-1 optimisation, one :meth:`step` at a time (resumable through state_dict)."""
+
+    def __init__(self, cfg: Config, prior: Prior, ref: ReferenceView | None = None,
+                 device: torch.device | str = "cpu", init: GaussianModel | None = None):
+        self.cfg, self.prior, self.ref = cfg, prior, ref
+        self.device = torch.device(device)
+        seed = int(cfg.seed or 0)
+        g = cfg.gaussians
+        if init is None:
+            init = GaussianModel.random_ball(g.num_points, g.init_radius, opacity=g.init_opacity,
+                                             color=g.init_color, sh_degree=g.sh_degree,
+                                             generator=torch.Generator().manual_seed(seed))
+        self.model = init.to(self.device)
+        self.trainer = GaussianTrainer(self.model, g, cfg.densify, seed, max_bad_steps=cfg.stage1.max_bad_steps)
+        self.last: dict[str, float] = {}
+
+    @property
+    def step_count(self) -> int:
+        return self.trainer.step_count
+
+    def sample_cameras(self, n: int, size: int) -> Cameras:
+        cam_cfg = self.cfg.camera
+        cams = sample_cameras(n, cam_cfg, size, device=self.device, generator=self.trainer.generator)
+        if self.ref is not None:  # image mode: elevations are relative to the input view's
+            el = (self.cfg.elevation + cams.elevation).clamp(-80.0, 80.0)
+            cams = make_cameras(el.cpu(), cams.azimuth.cpu(), cams.radius.cpu(), cam_cfg.fovy, size,
+                                device=self.device)
+        return cams
+
+    def step(self) -> bool:
+        cfg, s1 = self.cfg, self.cfg.stage1
+        step = self.trainer.step_count
+        progress = step / max(1, s1.iters)
+        size = render_size(cfg, step)
+        gen = self.trainer.generator
+        cams = self.sample_cameras(s1.batch_size, size)
+        white = torch.rand(s1.batch_size, generator=gen) < s1.white_background_prob
+        bg = white.float()[:, None].expand(-1, 3).to(self.device)
+        out = render(self.model, cams, background=bg, backend=cfg.backend)
+        loss_sds = self.prior.sds(out.images(), cams, progress)
+        loss = s1.lambda_sds * loss_sds
+        renders = [out]
+        info = {"sds": float(loss_sds.detach())}
+        if self.ref is not None and step % max(1, s1.ref_every) == 0:
+            warm = min(1.0, (step + 1) / max(1.0, s1.warmup_fraction * s1.iters))
+            white3 = torch.ones(1, 3, device=self.device)
+            ref_out = render(self.model, self.ref.cams, background=white3, backend=cfg.backend)
+            l_rgb, l_mask = reference_loss(ref_out, self.ref.rgba[None], white3)
+            loss = loss + warm * (s1.lambda_rgb * l_rgb + s1.lambda_mask * l_mask)
+            renders.append(ref_out)
+            info.update(rgb=float(l_rgb.detach()), mask=float(l_mask.detach()))
+        ok = self.trainer.step(loss, renders)
+        info["loss"] = float(loss.detach())
+        self.last = info
+        return ok
+
+    def run(self, callback: Callable[["Stage1"], None] | None = None, progress: bool = True) -> GaussianModel:
+        s1 = self.cfg.stage1
+        bar = tqdm(total=s1.iters, initial=self.step_count, desc="stage 1", disable=not progress,
+                   dynamic_ncols=True)
+        while self.step_count < s1.iters:
+            self.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{self.last.get('loss', math.nan):.4g}", gaussians=len(self.model))
+            if callback is not None:
+                callback(self)
+        bar.close()
+        return self.model.detach()

@@ -1,0 +1,115 @@
+"""The optimisation step shared by multi-view fitting and stage 1.
+
+:class:`GaussianTrainer` owns a Gaussian model, its Adam optimiser, the learning-rate schedule,
+densification statistics and schedule, and the guard against non-finite steps. Callers compute a
+loss from renders and hand both to :meth:`GaussianTrainer.step`.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import DensifyConfig, GaussianConfig
+from .errors import TrainingError
+from .gaussians import DensifyStats, GaussianModel, densify_and_prune, make_optimizer, reset_opacity, \
+    update_learning_rate
+from .render import RenderOutput
+
+
+class GaussianTrainer:
+    def __init__(self, model: GaussianModel, gcfg: GaussianConfig, dcfg: DensifyConfig, seed: int,
+                 spatial_scale: float = 1.0, max_bad_steps: int = 20):
+        self.model = model
+        self.gcfg, self.dcfg = gcfg, dcfg
+        self.spatial_scale = spatial_scale
+        self.optimizer = make_optimizer(model, gcfg, spatial_scale)
+        self.stats = DensifyStats.zeros(len(model), model.device)
+        self.generator = torch.Generator().manual_seed(seed)  # cameras, backgrounds, splits
+        self.step_count = 0
+        self.bad_steps = 0
+        self.max_bad_steps = max_bad_steps
+        self.last_densify: dict[str, int] = {}
+        update_learning_rate(self.optimizer, 0, gcfg, spatial_scale)
+
+    def step(self, loss: Tensor, renders: list[RenderOutput]) -> bool:
+        """Backpropagate ``loss``, update the parameters and densify on schedule.
+
+        Returns False (and changes nothing) when the loss or a gradient is not finite; after
+        ``max_bad_steps`` such steps a :class:`TrainingError` is raised.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        ok = bool(torch.isfinite(loss))
+        if ok:
+            loss.backward()
+            ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.model.params.values())
+        if not ok:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.bad_steps += 1
+            self.step_count += 1
+            if self.bad_steps > self.max_bad_steps:
+                raise TrainingError(
+                    f"{self.bad_steps} steps had a non-finite loss or gradient (limit {self.max_bad_steps}); "
+                    "training diverged. Try a lower learning rate or guidance scale.")
+            return False
+        for r in renders:
+            if r.means2d.grad is not None:
+                self.stats.add(r.means2d.grad, r.visible, r.rgb.shape[2], r.rgb.shape[1])
+        self.optimizer.step()
+        self.step_count += 1
+        update_learning_rate(self.optimizer, self.step_count, self.gcfg, self.spatial_scale)
+        d = self.dcfg
+        s = self.step_count
+        if d.enabled and d.start <= s < d.stop and s % d.interval == 0:
+            self.last_densify = densify_and_prune(self.model, self.optimizer, self.stats, d, self.generator)
+            self.stats = DensifyStats.zeros(len(self.model), self.model.device)
+        if d.enabled and d.opacity_reset_interval and s % d.opacity_reset_interval == 0 and s < d.stop:
+            reset_opacity(self.model, self.optimizer)
+        return True
+
+    # -- checkpoint state ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        names = {id(g["params"][0]): g["name"] for g in self.optimizer.param_groups}
+        opt_state = {names[id(p)]: {k: v for k, v in st.items()} for p, st in self.optimizer.state.items()}
+        return {
+            "params": {k: v.detach().clone() for k, v in self.model.params.items()},
+            "sh_degree": self.model.sh_degree,
+            "optimizer": opt_state,
+            "lrs": {g["name"]: g["lr"] for g in self.optimizer.param_groups},
+            "stats": {"grad_sum": self.stats.grad_sum.clone(), "count": self.stats.count.clone()},
+            "generator": self.generator.get_state(),
+            "step": self.step_count,
+            "bad_steps": self.bad_steps,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        dev = self.model.device
+        self.model.params = {k: v.to(dev).requires_grad_(True) for k, v in state["params"].items()}
+        self.model.sh_degree = state["sh_degree"]
+        self.optimizer = make_optimizer(self.model, self.gcfg, self.spatial_scale)
+        for g in self.optimizer.param_groups:
+            g["lr"] = state["lrs"][g["name"]]
+            st = state["optimizer"].get(g["name"])
+            if st:
+                self.optimizer.state[g["params"][0]] = {k: (v.to(dev) if torch.is_tensor(v) and v.dim() > 0 else v)
+                                                        for k, v in st.items()}
+        self.stats = DensifyStats(state["stats"]["grad_sum"].to(dev), state["stats"]["count"].to(dev))
+        self.generator.set_state(state["generator"])
+        self.step_count = state["step"]
+        self.bad_steps = state["bad_steps"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
