@@ -42,8 +42,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
-from dreamgs.priors.zero123 import CameraProjection  # noqa: E402
 from tiny_models import write_clip_tokenizer  # noqa: E402
+
+from dreamgs.priors.zero123 import CameraProjection  # noqa: E402
 
 PUBLISHED = {
     "sd_unet": 865_910_724,
@@ -59,7 +60,8 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 SD21_UNET = dict(
     sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True,
-    freq_shift=0, down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"], mid_block_type="UNetMidBlock2DCrossAttn",
+    freq_shift=0, down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    mid_block_type="UNetMidBlock2DCrossAttn",
     up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, only_cross_attention=False,
     block_out_channels=[320, 640, 1280, 1280], layers_per_block=2, downsample_padding=1,
     mid_block_scale_factor=1, act_fn="silu", norm_num_groups=32, norm_eps=1e-5, cross_attention_dim=1024,

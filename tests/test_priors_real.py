@@ -15,13 +15,13 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import TINY_RESOLUTION, build_tiny_sd, build_tiny_zero123, tiny_config
 
 from dreamgs.cameras import make_cameras
 from dreamgs.errors import ConfigError, InputError, ModelNotFoundError
 from dreamgs.priors import load_prior
 from dreamgs.priors.base import view_prompt
 from dreamgs.priors.zero123 import CameraProjection, camera_vector
-from tiny_models import TINY_RESOLUTION, build_tiny_sd, build_tiny_zero123, tiny_config
 
 R = TINY_RESOLUTION
 

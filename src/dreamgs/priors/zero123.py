@@ -55,8 +55,7 @@ from ..cameras import Cameras
 from ..errors import ConfigError, InputError
 from .base import resize
 from .latent import LatentDiffusionPrior
-from .weights import (CONFIG, WEIGHTS, load_component, load_safetensors, missing, resolve_dtype,
-                      resolve_model_folder)
+from .weights import CONFIG, WEIGHTS, load_component, load_safetensors, missing, resolve_dtype, resolve_model_folder
 
 DEFAULT_ZERO123_MODEL = "ashawkey/zero123-xl-diffusers"
 DEFAULT_STABLE_ZERO123_MODEL = "ashawkey/stable-zero123-diffusers"
