@@ -116,7 +116,7 @@ class Stage1:
 
     def run(self, callback: Callable[["Stage1"], None] | None = None, progress: bool = True) -> GaussianModel:
         s1 = self.cfg.stage1
-        bar = tqdm(total=s1.iters, initial=self.step_count, desc="stage 1", disable=not progress,
+        bar = tqdm(total=s1.iters, initial=self.step_count, desc="stage 1", disable=None if progress else True,
                    dynamic_ncols=True)
         while self.step_count < s1.iters:
             self.step()
