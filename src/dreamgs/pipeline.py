@@ -18,6 +18,7 @@ from .config import Config, load_config, validate
 from .errors import InputError
 
 MAX_PROMPT_CHARS = 1000
+PREVIEW_EVERY = 10  # stage-1 steps between preview renders sent to on_progress
 
 
 @dataclass
@@ -35,6 +36,18 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def preview_image(model, cfg: Config, azimuth: float = 0.0, size: int = 128) -> np.ndarray:
+    """A quick render of the current Gaussians (H, W, 3) uint8, for progress displays."""
+    from .cameras import make_cameras
+    from .render import render
+
+    cams = make_cameras(cfg.elevation if cfg.mode == "image" else -15.0, (azimuth + 180.0) % 360.0 - 180.0,
+                        cfg.camera.radius, cfg.camera.fovy, size, device=model.device)
+    rgb = render(model, cams, background=torch.ones(3, device=model.device), backend=cfg.backend).rgb[0]
+    return (rgb.clamp(0, 1) * 255).round().byte().cpu().numpy()
 
 
 def check_prompt(prompt: str) -> str:
@@ -119,9 +132,13 @@ def generate(prompt: str | None = None, *, image: str | Path | None = None,
     stage1 = Stage1(cfg, prior, ref, device)
 
     def report(s1: Stage1) -> None:
-        if on_progress is not None:
-            on_progress({"stage": "stage1", "step": s1.step_count, "total": cfg.stage1.iters,
-                         "loss": s1.last.get("loss"), "gaussians": len(s1.model)})
+        if on_progress is None:
+            return
+        info = {"stage": "stage1", "step": s1.step_count, "total": cfg.stage1.iters,
+                "loss": s1.last.get("loss"), "gaussians": len(s1.model)}
+        if s1.step_count % PREVIEW_EVERY == 0 or s1.step_count == cfg.stage1.iters:
+            info["preview"] = preview_image(s1.model, cfg, azimuth=3.0 * s1.step_count)
+        on_progress(info)
 
     model = stage1.run(callback=report, progress=progress)
     timings["stage1"] = time.perf_counter() - t0
