@@ -123,7 +123,7 @@ def fit_gaussians(images: Tensor, cams: Cameras, cfg: Config, seed: int = 0, pro
     gcfg_fit = type(gcfg)(**{**gcfg.__dict__, "lr_position_steps": fc.lr_position_steps})
     trainer = GaussianTrainer(model, gcfg_fit, fc.densify, seed)
     n_views = len(cams)
-    bar = tqdm(range(fc.iters), desc="fit", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(range(fc.iters), desc="fit", disable=None if progress else True, dynamic_ncols=True)
     for _ in bar:
         idx = torch.randperm(n_views, generator=trainer.generator)[: fc.views_per_step].to(device)
         bg = torch.rand(len(idx), 3, generator=trainer.generator).to(device)
@@ -228,7 +228,7 @@ def run_fit_command(data: str | None, out_dir: str, config_file: str | None, ove
                           backend=cfg.backend).rgb.cpu()
         a = test_imgs[..., 3:4]
         gt = test_imgs[..., :3] * a + (1 - a)
-        save_grid(torch.cat([gt, pred]).numpy(), run_dir / "heldout_grid.png", ncols=len(test_cams))
+        save_grid(run_dir / "heldout_grid.png", torch.cat([gt, pred]).numpy(), ncols=len(test_cams))
         print(f"held-out PSNR: {result['psnr_mean']:.2f} dB over {len(test_cams)} views")
     write_json(run_dir / "metrics.json", result)
     print(f"wrote {run_dir / 'model.ply'}, {run_dir / 'metrics.json'}")

@@ -7,34 +7,20 @@ interrupted run never leaves a half-written output behind.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import os
 import re
 import secrets
 from pathlib import Path
-from typing import Iterator
 
+from .atomic import atomic_output
 from .config import Config, dump_yaml
 from .errors import InputError
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed to ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
-    with atomic_path(path) as tmp:
+    with atomic_output(path) as tmp:
         if isinstance(data, str):
             tmp.write_text(data, encoding="utf-8")
         else:

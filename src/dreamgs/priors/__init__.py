@@ -1,24 +1,60 @@
-"""2D diffusion priors behind one interface (see :mod:`dreamgs.priors.base`)."""
+"""2D diffusion priors behind one interface (see :mod:`dreamgs.priors.base`).
+
+:func:`load_prior` builds the prior named by ``cfg.prior.kind``:
+
+- ``sd``: Stable Diffusion, text-conditioned (default ``stabilityai/stable-diffusion-2-1-base``);
+- ``zero123``: Zero123-XL, image-conditioned (default ``ashawkey/zero123-xl-diffusers``);
+- ``stable-zero123``: Stable-Zero123 (default ``ashawkey/stable-zero123-diffusers``, the public
+  diffusers conversion that DreamGaussian uses);
+- ``oracle``: a cheap stand-in rendering a known asset (``priors/oracle.py``).
+
+An empty ``cfg.prior.model`` picks the kind's default. The diffusion modules import
+diffusers/transformers only when a prior is built.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigError, InputError
 from .base import Prior, timestep_fraction, view_bucket, view_prompt
 
-__all__ = ["Prior", "load_prior", "timestep_fraction", "view_bucket", "view_prompt"]
+if TYPE_CHECKING:
+    import torch
+
+    from ..config import Config
 
 PRIOR_KINDS = ("sd", "zero123", "stable-zero123", "oracle")
 
+__all__ = ["PRIOR_KINDS", "Prior", "load_prior", "timestep_fraction", "view_bucket", "view_prompt"]
 
-def load_prior(cfg, device, ref_image=None) -> Prior:
-    """Build the prior named by ``cfg.prior.kind``, conditioned on the prompt or the input view.
 
-    ``ref_image``: image mode's input view, (1, 3, H, W) in [0, 1] over a white background.
-    """
-    from ..errors import ConfigError
+def load_prior(cfg: "Config", device, ref_image: "torch.Tensor | None" = None) -> Prior:
+    """The prior for ``cfg.prior.kind``; ``ref_image`` (1, 3, H, W) in [0, 1], white background,
+    is required by the image-conditioned kinds."""
+    p = cfg.prior
+    kind = p.kind
+    common = dict(device=device, dtype=p.dtype, t_min=p.t_min, t_max=p.t_max, t_schedule=p.t_schedule,
+                  resolution=p.resolution, seed=cfg.seed)
+    if p.guidance_scale is not None:  # None keeps the prior's own default (SD 100, Zero123 5)
+        common["guidance_scale"] = p.guidance_scale
+    if kind == "sd":
+        from .sd import DEFAULT_SD_MODEL, StableDiffusionPrior
 
-    kind = cfg.prior.kind
-    if kind == "oracle":
+        if not cfg.prompt.strip():
+            raise ConfigError("prior.kind=sd needs a text prompt (prompt=...)")
+        return StableDiffusionPrior(p.model or DEFAULT_SD_MODEL, prompt=cfg.prompt,
+                                    negative_prompt=cfg.negative_prompt,
+                                    view_dependent=p.view_dependent_prompt, **common)
+    elif kind in ("zero123", "stable-zero123"):
+        from .zero123 import Zero123Prior
+
+        if ref_image is None:
+            raise InputError(f"prior.kind={kind} needs an input image (image=path/to/image.png)")
+        return Zero123Prior(p.model, ref_image=ref_image, ref_elevation=cfg.elevation,
+                            ref_radius=cfg.camera.radius, stable=kind == "stable-zero123", **common)
+    elif kind == "oracle":
         from .oracle import build_oracle
 
         return build_oracle(cfg, device, ref_image)
-    raise ConfigError(f"prior.kind: unknown prior '{kind}' (expected one of: {', '.join(PRIOR_KINDS)})")
+    raise ConfigError(f"prior.kind: unknown kind '{kind}' (valid: {', '.join(PRIOR_KINDS)})")

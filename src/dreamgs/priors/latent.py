@@ -1,0 +1,190 @@
+"""What the latent-diffusion priors (Stable Diffusion, Zero123) share: VAE encode/decode, the
+timestep and noise draws, score distillation and SDEdit refinement.
+
+Conventions (DDPM, as in the diffusers schedulers): ``abar_t`` is ``alphas_cumprod[t]`` for an
+integer timestep ``t`` in ``[0, T)``; ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``. Latents
+are the VAE posterior *mean* (deterministic, differentiable) times ``vae.config.scaling_factor``.
+
+Classifier-free guidance batches the conditional and unconditional branches in one UNet call as
+``[cond; uncond]`` and combines them as ``eps_u + s (eps_c - eps_u)``. The SDS gradient is
+``w(t) (eps_hat - eps)`` with ``w(t) = 1 - abar_t``; v-prediction models are converted to
+epsilon first (``eps = sqrt(abar) v + sqrt(1 - abar) x_t``).
+
+Subclasses build their conditioning once per call (:meth:`condition`) and run the guided UNet
+(:meth:`guided_eps`); every UNet evaluation goes through :meth:`_unet`, the one place to add
+channels-last, ``torch.compile`` or CUDA graphs.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..cameras import Cameras
+from ..errors import ConfigError
+from .base import Prior, resize, sds_loss, timestep_fraction
+
+
+class LatentDiffusionPrior(Prior):
+    """Shared machinery; subclasses set ``self.unet``/``self.vae`` and implement the conditioning."""
+
+    def __init__(self, vae, unet, scheduler, *, device, dtype: torch.dtype, guidance_scale: float,
+                 t_min: float, t_max: float, t_schedule: str, resolution: int, seed: int | None):
+        if t_schedule not in ("anneal", "random"):
+            raise ConfigError(f"prior.t_schedule: expected anneal or random, got '{t_schedule}'")
+        self.device = torch.device(device)
+        self.dtype = dtype
+        # Guidance arithmetic, noise and the SDS gradient run in float32 (float64 for fp64 models).
+        self.acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        self.vae = self._frozen(vae)
+        self.unet = self._frozen(unet)
+        # A DDIMScheduler built from the model's scheduler config: its noise schedule serves both
+        # SDS and the DDIM (eta = 0) steps of refine.
+        self.scheduler = scheduler
+        self.prediction_type = self.scheduler.config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ConfigError(f"prior.model: unsupported prediction_type '{self.prediction_type}'")
+        self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
+        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device, self.acc_dtype)
+        self.scaling_factor = float(self.vae.config.scaling_factor)
+        self.guidance_scale = float(guidance_scale)
+        self.t_min, self.t_max, self.t_schedule = float(t_min), float(t_max), t_schedule
+        self.resolution = int(resolution)
+        if self.resolution < 8:
+            raise ConfigError(f"prior.resolution must be at least 8, got {self.resolution}")
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, ()).item())
+        self._cpu_gen = torch.Generator().manual_seed(seed)
+        self._noise_gen = (torch.Generator(device=self.device).manual_seed(seed)
+                           if self.device.type == "cuda" else self._cpu_gen)
+
+    def _frozen(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` on the prior's device and dtype, in eval mode, without parameter gradients."""
+        if next(module.parameters()).dtype != self.dtype:
+            module = module.to(self.dtype)
+        return module.to(self.device).eval().requires_grad_(False)
+
+    # ------------------------------------------------------------------------------------------
+    # Subclass hooks
+
+    @abstractmethod
+    def condition(self, cams: Cameras, batch: int) -> Any:
+        """Everything the guided UNet needs for ``batch`` images seen from ``cams``."""
+
+    @abstractmethod
+    def guided_eps(self, x_t: Tensor, t: int, cond: Any) -> Tensor:
+        """Classifier-free-guided noise prediction (``acc_dtype``) for noisy latents ``x_t`` at ``t``."""
+
+    # ------------------------------------------------------------------------------------------
+    # Building blocks
+
+    def _unet(self, sample: Tensor, t: Tensor, encoder_hidden_states: Tensor) -> Tensor:
+        """The single UNet evaluation every prediction goes through (raw model output)."""
+        return self.unet(sample, t, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+
+    def _combine(self, out: Tensor, x_in: Tensor, t: int) -> Tensor:
+        """Raw UNet output of a ``[cond; uncond]`` batch -> guided epsilon (``acc_dtype``)."""
+        out = out.to(self.acc_dtype)
+        if self.prediction_type == "v_prediction":
+            abar = self.alphas_cumprod[t]
+            out = abar.sqrt() * out + (1 - abar).sqrt() * x_in.to(self.acc_dtype)
+        eps_c, eps_u = out.chunk(2)
+        return eps_u + self.guidance_scale * (eps_c - eps_u)
+
+    def _timesteps(self, t: int, n: int) -> Tensor:
+        return torch.full((n,), int(t), device=self.device, dtype=torch.long)
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) in [0, 1] -> scaled latents, differentiable, in the model dtype."""
+        x = resize(images, self.resolution) * 2.0 - 1.0
+        return self.vae.encode(x.to(self.device, self.dtype)).latent_dist.mean * self.scaling_factor
+
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """Scaled latents -> (B, 3, R, R) float32 images in [0, 1]."""
+        x = self.vae.decode((latents / self.scaling_factor).to(self.dtype), return_dict=False)[0]
+        return (x.float() * 0.5 + 0.5).clamp(0.0, 1.0)
+
+    def timestep(self, progress: float) -> int:
+        """Integer timestep for training ``progress`` (anneal or random, see ``timestep_fraction``)."""
+        frac = timestep_fraction(progress, self.t_min, self.t_max, self.t_schedule, self._cpu_gen)
+        return min(max(int(round(frac * self.num_train_timesteps)), 0), self.num_train_timesteps - 1)
+
+    def draw_noise(self, like: Tensor) -> Tensor:
+        return torch.randn(like.shape, generator=self._noise_gen, device=self._noise_gen.device,
+                           dtype=self.acc_dtype).to(self.device)
+
+    @staticmethod
+    def _check_batch(images: Tensor, cams: Cameras) -> int:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        if len(cams) != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {len(cams)} cameras")
+        return images.shape[0]
+
+    # ------------------------------------------------------------------------------------------
+    # Score distillation
+
+    @torch.no_grad()
+    def sds_grad(self, latents: Tensor, cond: Any, t: int, noise: Tensor) -> Tensor:
+        """``w(t) (eps_hat_cfg - eps)`` (``acc_dtype``) for clean ``latents`` noised with ``noise``."""
+        abar = self.alphas_cumprod[t]
+        noise = noise.to(self.acc_dtype)
+        x_t = abar.sqrt() * latents.to(self.acc_dtype) + (1 - abar).sqrt() * noise
+        eps_hat = self.guided_eps(x_t.to(self.dtype), t, cond)
+        return torch.nan_to_num((1 - abar) * (eps_hat - noise))
+
+    def sds(self, images: Tensor, cams: Cameras, progress: float, *, t: int | None = None,
+            noise: Tensor | None = None) -> Tensor:
+        """SDS loss; ``t`` and ``noise`` override the random draws (for tests and analysis)."""
+        batch = self._check_batch(images, cams)
+        latents = self.encode_images(images)
+        if t is None:
+            t = self.timestep(progress)
+        if noise is None:
+            noise = self.draw_noise(latents)
+        grad = self.sds_grad(latents.detach(), self.condition(cams, batch), t, noise)
+        return sds_loss(latents, grad)
+
+    # ------------------------------------------------------------------------------------------
+    # SDEdit
+
+    def refine_timesteps(self, strength: float, steps: int) -> list[int]:
+        """Descending DDIM timesteps from ``round(strength T)`` to 0, at most ``steps`` of them."""
+        t_start = min(max(int(round(strength * self.num_train_timesteps)), 0), self.num_train_timesteps - 1)
+        n = max(1, min(int(steps), t_start + 1))
+        ts = torch.linspace(t_start, 0, n, dtype=torch.float64).round().long().tolist()
+        return sorted(set(ts), reverse=True)
+
+    @torch.no_grad()
+    def refine(self, images: Tensor, cams: Cameras, strength: float, steps: int, *,
+               noise: Tensor | None = None) -> Tensor:
+        """SDEdit: noise to ``strength * T``, then DDIM (eta = 0) back to a clean image.
+
+        Returns float32 images in [0, 1] of the input size. ``strength <= 0`` returns the input.
+        """
+        batch = self._check_batch(images, cams)
+        height, width = images.shape[-2:]
+        if strength <= 0:
+            return images.detach().float().clamp(0.0, 1.0)
+        cond = self.condition(cams, batch)
+        latents = self.encode_images(images).to(self.acc_dtype)
+        ts = self.refine_timesteps(strength, steps)
+        if noise is None:
+            noise = self.draw_noise(latents)
+        abar = self.alphas_cumprod
+        x = abar[ts[0]].sqrt() * latents + (1 - abar[ts[0]]).sqrt() * noise.to(self.acc_dtype)
+        for i, t in enumerate(ts):
+            eps = self.guided_eps(x.to(self.dtype), t, cond)
+            a_t = abar[t]
+            a_prev = abar[ts[i + 1]] if i + 1 < len(ts) else torch.ones_like(a_t)
+            x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+        out = self.decode_latents(x)
+        if out.shape[-2:] != (height, width):
+            out = F.interpolate(out, (height, width), mode="bilinear", align_corners=False,
+                                antialias=out.shape[-1] > width).clamp(0.0, 1.0)
+        return out
