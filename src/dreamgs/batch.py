@@ -545,12 +545,14 @@ class _Tracker:
 
 
 def run_batch(jobs_file: str | os.PathLike, *, output_dir: str | os.PathLike | None = None, retries: int = 1,
-              gpus_per_job: float | None = None, cpus_per_job: float = 1.0, address: str | None = None,
+              gpus_per_job: float | None = None, cpus_per_job: float | None = None, address: str | None = None,
               local: bool = False, force: bool = False, ray_init: dict | None = None,
               progress: bool | None = None, log: LogFn = _stderr) -> BatchReport:
     """Run every job of ``jobs_file`` that is not complete; see the module docstring.
 
-    ``gpus_per_job`` None means 1 when the Ray cluster has GPUs, else 0 (CPU). ``ray_init`` holds
+    ``gpus_per_job`` None means 1 when the Ray cluster has GPUs, else 0 (CPU). ``cpus_per_job`` None
+    splits each GPU node's CPUs evenly over its GPU slots (1 for CPU jobs); Ray sets each task's
+    ``OMP_NUM_THREADS`` to it. In local mode both are ignored. ``ray_init`` holds
     extra ``ray.init`` arguments for a Ray started here (e.g. ``num_cpus``, ``num_gpus``); a Ray
     already initialised in this process is used as it is. ``force`` re-runs complete jobs.
     ``progress`` None shows a bar over jobs when stderr is a terminal.
@@ -559,7 +561,7 @@ def run_batch(jobs_file: str | os.PathLike, *, output_dir: str | os.PathLike | N
         raise InputError(f"--retries must be 0 or more, got {retries}")
     if gpus_per_job is not None and gpus_per_job < 0:
         raise InputError(f"--gpus-per-job must be 0 or more, got {gpus_per_job}")
-    if cpus_per_job < 0:
+    if cpus_per_job is not None and cpus_per_job < 0:
         raise InputError(f"--cpus-per-job must be 0 or more, got {cpus_per_job}")
     use_ray = not local and ray_available()
     if address and not use_ray:
@@ -632,8 +634,23 @@ def _run_here(jobs: list[Job], tracker: _Tracker, retries: int) -> None:
             raise
 
 
+def _default_cpus_per_job(gpus_per_job: float) -> float:
+    """A GPU node's CPUs split evenly over its GPU slots (the smallest share over nodes); 1 for CPU jobs."""
+    import ray
+
+    if gpus_per_job <= 0:
+        return 1.0
+    shares = []
+    for node in ray.nodes():
+        res = node.get("Resources", {}) if node.get("Alive", True) else {}
+        slots = int(res.get("GPU", 0.0) // gpus_per_job)
+        if slots >= 1:
+            shares.append(max(1, int(res.get("CPU", 0.0) // slots)))
+    return float(min(shares)) if shares else 1.0
+
+
 def _run_on_ray(jobs: list[Job], tracker: _Tracker, retries: int, gpus_per_job: float | None,
-                cpus_per_job: float, address: str | None, ray_init: dict, log: LogFn) -> None:
+                cpus_per_job: float | None, address: str | None, ray_init: dict, log: LogFn) -> None:
     import ray
 
     started = False
@@ -652,6 +669,10 @@ def _run_on_ray(jobs: list[Job], tracker: _Tracker, retries: int, gpus_per_job: 
             gpus_per_job = 1.0 if n_gpus > 0 else 0.0
             if n_gpus == 0:
                 log("dreamgs batch: the Ray cluster has no GPUs; running jobs on CPUs (--gpus-per-job 0)")
+        if cpus_per_job is None:
+            cpus_per_job = _default_cpus_per_job(gpus_per_job)
+        log(f"dreamgs batch: {len(jobs)} job(s) on Ray, {gpus_per_job:g} GPU(s) and {cpus_per_job:g} CPU(s) each "
+            f"(cluster: {n_gpus:g} GPUs, {n_cpus:g} CPUs)")
         for need, have, what in ((gpus_per_job, n_gpus, "GPU"), (cpus_per_job, n_cpus, "CPU")):
             if need > have:
                 msg = (f"each job asks for {need:g} {what}(s) but the Ray cluster has {have:g}; "

@@ -156,8 +156,11 @@ def _add_batch(sub) -> None:
                                                 "(default: the file's output_dir, else outputs/<file stem> next to it)")
     p.add_argument("--retries", type=int, default=1, metavar="N", help="extra attempts for a failed job (default: 1)")
     p.add_argument("--gpus-per-job", type=float, metavar="G",
-                   help="GPUs per job, fractions allowed; 0 runs on CPUs (default: 1 when the cluster has GPUs, else 0)")
-    p.add_argument("--cpus-per-job", type=float, default=1.0, metavar="C", help="CPUs per job (default: 1)")
+                   help="GPUs per job, fractions allowed; 0 runs on CPUs "
+                        "(default: 1 when the cluster has GPUs, else 0)")
+    p.add_argument("--cpus-per-job", type=float, metavar="C",
+                   help="CPUs per job, also its torch threads (default: a GPU node's CPUs split over its GPUs; "
+                        "1 for CPU jobs)")
     p.add_argument("--address", metavar="ADDR", help="join a running Ray cluster (e.g. auto or HOST:6379) "
                                                      "instead of starting one here")
     p.add_argument("--num-gpus", type=int, metavar="N", help="GPUs the local Ray may use (default: all visible)")
