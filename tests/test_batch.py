@@ -217,6 +217,32 @@ def test_resume_hook_is_used_when_the_pipeline_has_one_and_a_checkpoint_exists(t
     assert generated == [run_f, run_r, run_f] and report.ok
 
 
+def test_a_failed_resume_is_retried_from_scratch(tmp_path, monkeypatch):
+    path = write_jobs(tmp_path, [{"name": "r", "prompt": "a mug", "seed": 5}], overrides=TINY)
+    job = load_jobs(path).jobs[0]
+    prepare_run_dir(job.run_dir, job.config, 5)
+    (job.run_dir / "checkpoint.pt").write_bytes(b"corrupt")
+    calls = []
+
+    def resume_run(run_dir):
+        calls.append("resume")
+        raise RuntimeError("bad checkpoint")
+
+    def generate(prompt=None, *, run_dir=None, **kwargs):
+        calls.append("generate")
+        (run_dir / "model.ply").write_bytes(b"ply\n")
+        write_json(run_dir / "summary.json", {})
+        return RunResult(run_dir, 5, {"ply": run_dir / "model.ply"})
+
+    monkeypatch.setattr(pipeline, "resume_run", resume_run, raising=False)
+    monkeypatch.setattr(pipeline, "generate", generate)
+    report = run_batch(path, local=True, retries=2, progress=False, log=lambda m: None)
+    recs = read_manifest(report.manifest)
+    assert calls == ["resume", "generate"]
+    assert [(r["status"], r["attempt"], r["resumed"]) for r in recs] == [("retrying", 1, True), ("done", 2, False)]
+    assert recs[0]["error"] == "RuntimeError: bad checkpoint"
+
+
 # ------------------------------------------------------------------------------------------------
 # Whole batches
 

@@ -40,7 +40,8 @@ other jobs go on. Errors caused by the input (:class:`~dreamgs.errors.InputError
 **Resume hook.** When :mod:`dreamgs.pipeline` has a ``resume_run(run_dir)`` function, the run
 folder's ``config.yaml`` matches the job and the folder holds a checkpoint (as told by
 ``pipeline.has_checkpoint(run_dir)`` when that exists, else by an entry named ``checkpoint*``),
-the first attempt calls ``resume_run`` instead of starting over. Later attempts start afresh.
+the attempt calls ``resume_run`` instead of starting over, unless the previous attempt resumed
+and failed (a broken checkpoint must not fail every retry): then it starts afresh.
 
 **Manifest.** ``<output_dir>/manifest.jsonl`` gets one JSON object per event, each appended with one
 ``write`` to a file opened for appending: ``time``, ``batch`` (id of this invocation), ``job``,
@@ -366,8 +367,8 @@ def execute_job(task: dict) -> dict:
         resume = _resume_hook() if task.get("allow_resume") else None
         if resume is not None and _config_matches(run_dir, cfg) and has_checkpoint(run_dir):
             kwargs = {"progress": False} if "progress" in inspect.signature(resume).parameters else {}
+            out["resumed"] = True  # also when resuming fails: the retry then starts afresh
             result = resume(run_dir, **kwargs)
-            out["resumed"] = True
         else:
             (run_dir / "summary.json").unlink(missing_ok=True)  # never leave a stale "finished" marker
             result = generate(task["prompt"] if task["mode"] == "text" else None,
@@ -607,9 +608,9 @@ def _existing_outputs(run_dir: Path) -> dict[str, str]:
     return out
 
 
-def _task(job: Job, attempt: int, force_cpu: bool) -> dict:
+def _task(job: Job, allow_resume: bool, force_cpu: bool) -> dict:
     return {"name": job.name, "mode": job.mode, "prompt": job.prompt, "image": job.image, "config": job.config,
-            "run_dir": str(job.run_dir), "force_cpu": force_cpu, "allow_resume": attempt == 1}
+            "run_dir": str(job.run_dir), "force_cpu": force_cpu, "allow_resume": allow_resume}
 
 
 def _after_attempt(job: Job, attempt: int, result: dict, tracker: _Tracker, retries: int) -> bool:
@@ -624,10 +625,13 @@ def _after_attempt(job: Job, attempt: int, result: dict, tracker: _Tracker, retr
 
 def _run_here(jobs: list[Job], tracker: _Tracker, retries: int) -> None:
     for k, job in enumerate(jobs):
-        attempt = 1
+        attempt, allow_resume = 1, True
         try:
-            while _after_attempt(job, attempt, execute_job(_task(job, attempt, False)), tracker, retries):
-                attempt += 1
+            while True:
+                result = execute_job(_task(job, allow_resume, False))
+                if not _after_attempt(job, attempt, result, tracker, retries):
+                    break
+                attempt, allow_resume = attempt + 1, not result.get("resumed")
         except KeyboardInterrupt:
             for j in jobs[k:]:
                 tracker.record(j, "interrupted", attempt if j is job else 0)
@@ -685,8 +689,8 @@ def _run_on_ray(jobs: list[Job], tracker: _Tracker, retries: int, gpus_per_job: 
         force_cpu = gpus_per_job == 0
         pending: dict[Any, tuple[Job, int]] = {}
 
-        def submit(job: Job, attempt: int) -> None:
-            pending[remote.remote(_task(job, attempt, force_cpu))] = (job, attempt)
+        def submit(job: Job, attempt: int, allow_resume: bool = True) -> None:
+            pending[remote.remote(_task(job, allow_resume, force_cpu))] = (job, attempt)
 
         for job in jobs:
             submit(job, 1)
@@ -700,7 +704,7 @@ def _run_on_ray(jobs: list[Job], tracker: _Tracker, retries: int, gpus_per_job: 
                     result = {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
                               "retryable": True}
                 if _after_attempt(job, attempt, result, tracker, retries):
-                    submit(job, attempt + 1)
+                    submit(job, attempt + 1, allow_resume=not result.get("resumed"))
         except KeyboardInterrupt:
             for ref, (job, attempt) in pending.items():
                 try:
