@@ -72,11 +72,14 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 
 from .errors import ConfigError, DreamGSError, InputError
+
+if TYPE_CHECKING:
+    from .config import Config
 
 MANIFEST_NAME = "manifest.jsonl"
 TOP_FIELDS = ("output_dir", "config", "seed", "overrides", "jobs")
@@ -106,7 +109,7 @@ class Job:
     overrides: tuple[str, ...]
     config_file: str | None  # absolute path
     run_dir: Path
-    config: Any = None  # dreamgs.config.Config
+    config: Config | None = None
     error: str | None = None
 
 
@@ -286,7 +289,7 @@ def _comparable(cfg_dict: dict) -> dict:
     return {k: v for k, v in cfg_dict.items() if k not in VOLATILE_KEYS}
 
 
-def completion_problem(run_dir: str | os.PathLike, config) -> str | None:
+def completion_problem(run_dir: str | os.PathLike, config: Config) -> str | None:
     """Why ``run_dir`` does not hold a complete run of ``config``, or None when it does."""
     from .config import from_dict, to_dict
 
@@ -313,7 +316,7 @@ def completion_problem(run_dir: str | os.PathLike, config) -> str | None:
     return None
 
 
-def is_complete(run_dir: str | os.PathLike, config) -> bool:
+def is_complete(run_dir: str | os.PathLike, config: Config) -> bool:
     """True when ``run_dir`` holds a finished run of ``config`` (see the module docstring)."""
     return completion_problem(run_dir, config) is None
 
@@ -338,7 +341,7 @@ def has_checkpoint(run_dir: Path) -> bool:
     return run_dir.is_dir() and any(run_dir.glob("checkpoint*"))
 
 
-def _config_matches(run_dir: Path, config) -> bool:
+def _config_matches(run_dir: Path, config: Config) -> bool:
     from .config import from_dict, to_dict
 
     try:
