@@ -113,7 +113,8 @@ def run_once(jobs_file: Path, out: Path, units: int, gpu_ids: list[str], cpus_pe
     times = [r["duration_s"] for r in report.records.values() if r["duration_s"] is not None]
     stages = stage_times(report)
     res = {"units": units, "wall_s": round(report.wall_s, 2), "ray_start_s": round(ray_start, 2),
-           "job_s": times, "stage_s": stages, "hosts": sorted({r["host"] for r in report.records.values() if r["host"]}),
+           "job_s": times, "stage_s": stages,
+           "hosts": sorted({r["host"] for r in report.records.values() if r["host"]}),
            "done": report.names("done"), "failed": {n: report.records[n]["error"] for n in report.names("failed")},
            "manifest": str(report.manifest)}
     print(f"{label}: {report.wall_s:.1f} s wall (Ray start {ray_start:.1f} s apart); job times "

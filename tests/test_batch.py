@@ -149,6 +149,31 @@ def test_completeness_needs_summary_matching_config_and_listed_files(tmp_path):
     assert completion_problem(tmp_path / "absent", cfg) == "no summary.json"
 
 
+def test_outputs_recorded_in_the_manifest_must_still_exist(tmp_path, monkeypatch):
+    path = write_jobs(tmp_path, [{"name": "m", "prompt": "a mug", "seed": 3}], overrides=TINY)
+    job = load_jobs(path).jobs[0]
+    fake_run(job.run_dir, job.config)
+    (job.run_dir / "model.glb").write_bytes(b"glb")
+    Manifest(tmp_path / "outputs" / "jobs" / "manifest.jsonl").append(
+        {"job": "m", "status": "done", "run_dir": str(job.run_dir),
+         "outputs": {"ply": str(job.run_dir / "model.ply"), "glb": str(job.run_dir / "model.glb")}})
+    generated = []
+
+    def generate(prompt=None, *, run_dir=None, **kwargs):
+        generated.append(run_dir)
+        return RunResult(run_dir, 3, {"ply": fake_run(run_dir, job.config) / "model.ply"})
+
+    monkeypatch.setattr(pipeline, "generate", generate)
+    report = run_batch(path, local=True, progress=False, log=lambda m: None)
+    assert report.records["m"]["status"] == "skipped" and generated == []
+    assert report.records["m"]["outputs"]["glb"] == str(job.run_dir / "model.glb")
+    (job.run_dir / "model.glb").unlink()
+    assert "model.glb" in completion_problem(job.run_dir, job.config, batch.done_outputs(report.manifest)
+                                             [str(job.run_dir)].values())
+    report = run_batch(path, local=True, progress=False, log=lambda m: None)
+    assert report.records["m"]["status"] == "done" and generated == [job.run_dir]
+
+
 def test_manifest_appends_whole_lines_and_skips_a_torn_one(tmp_path):
     m = Manifest(tmp_path / "sub" / "manifest.jsonl")
     assert m.read() == []

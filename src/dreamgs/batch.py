@@ -27,8 +27,8 @@ resolve (a bad override, a missing image) is recorded as failed and the others r
 1. ``summary.json`` (the pipeline writes it last, so it marks a finished run), a JSON object;
 2. ``config.yaml`` whose config equals the job's resolved config, seed included, ignoring the keys
    that say where and on what a run happens (``device``, ``output_dir``, ``run_name``);
-3. ``model.ply`` and every file listed under ``"files"`` in ``summary.json`` (paths relative to the
-   run folder), each non-empty.
+3. ``model.ply``, every file listed under ``"files"`` in ``summary.json`` (paths relative to the
+   run folder) and every output of the job's latest ``done`` record in the manifest, each non-empty.
 
 A job that is started afresh first removes a stale ``summary.json`` from its run folder, so an
 interrupted re-run is never mistaken for a finished one.
@@ -72,7 +72,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import yaml
 
@@ -289,8 +289,12 @@ def _comparable(cfg_dict: dict) -> dict:
     return {k: v for k, v in cfg_dict.items() if k not in VOLATILE_KEYS}
 
 
-def completion_problem(run_dir: str | os.PathLike, config: Config) -> str | None:
-    """Why ``run_dir`` does not hold a complete run of ``config``, or None when it does."""
+def completion_problem(run_dir: str | os.PathLike, config: Config, files: Iterable[str] = ()) -> str | None:
+    """Why ``run_dir`` does not hold a complete run of ``config``, or None when it does.
+
+    ``files`` are more paths (absolute, or relative to ``run_dir``) that must exist, e.g. the
+    outputs the manifest recorded when the job was done (see :func:`done_outputs`).
+    """
     from .config import from_dict, to_dict
 
     run_dir = Path(run_dir)
@@ -309,16 +313,25 @@ def completion_problem(run_dir: str | os.PathLike, config: Config) -> str | None
         return "config.yaml differs from the job's config"
     listed = summary.get("files") or {}
     listed = list(listed.values()) if isinstance(listed, dict) else list(listed)
-    for rel in list(REQUIRED_FILES) + [str(p) for p in listed]:
+    for rel in list(REQUIRED_FILES) + [str(p) for p in listed] + [str(p) for p in files]:
         p = run_dir / rel
         if not p.is_file() or p.stat().st_size == 0:
             return f"missing or empty {rel}"
     return None
 
 
-def is_complete(run_dir: str | os.PathLike, config: Config) -> bool:
+def is_complete(run_dir: str | os.PathLike, config: Config, files: Iterable[str] = ()) -> bool:
     """True when ``run_dir`` holds a finished run of ``config`` (see the module docstring)."""
-    return completion_problem(run_dir, config) is None
+    return completion_problem(run_dir, config, files) is None
+
+
+def done_outputs(manifest_path: str | os.PathLike) -> dict[str, dict[str, str]]:
+    """Run folder -> output files (name -> path) of its latest ``done`` record in a manifest."""
+    out = {}
+    for rec in read_manifest(manifest_path):
+        if rec.get("status") == "done" and isinstance(rec.get("outputs"), dict):
+            out[str(rec.get("run_dir"))] = {str(k): str(v) for k, v in rec["outputs"].items()}
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -580,12 +593,14 @@ def run_batch(jobs_file: str | os.PathLike, *, output_dir: str | os.PathLike | N
     tracker = _Tracker(manifest, batch_id, len(spec.jobs), progress, log)
     t0 = time.perf_counter()
     todo: list[Job] = []
+    recorded = done_outputs(manifest.path)
     try:
         for job in spec.jobs:
+            outputs = recorded.get(str(job.run_dir), {})
             if job.error is not None:
                 tracker.record(job, "failed", 0, error=job.error)
-            elif not force and is_complete(job.run_dir, job.config):
-                tracker.record(job, "skipped", 0, {"outputs": _existing_outputs(job.run_dir)})
+            elif not force and is_complete(job.run_dir, job.config, outputs.values()):
+                tracker.record(job, "skipped", 0, {"outputs": outputs or _existing_outputs(job.run_dir)})
             else:
                 todo.append(job)
         if todo and use_ray:

@@ -172,15 +172,16 @@ def _add_batch(sub) -> None:
 
 
 def _cmd_batch(args) -> int:
-    from .batch import completion_problem, load_jobs, run_batch
+    from .batch import MANIFEST_NAME, completion_problem, done_outputs, load_jobs, run_batch
 
     if args.dry_run:
         spec = load_jobs(args.jobs, args.out)
+        recorded = done_outputs(spec.output_dir / MANIFEST_NAME)
         for job in spec.jobs:
             if job.error:
                 state = f"invalid: {job.error}"
             else:
-                problem = completion_problem(job.run_dir, job.config)
+                problem = completion_problem(job.run_dir, job.config, recorded.get(str(job.run_dir), {}).values())
                 state = "complete" if problem is None else f"to run ({problem})"
             print(f"{job.name}\t{job.run_dir}\t{state}")
         return 0
