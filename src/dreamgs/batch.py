@@ -469,7 +469,7 @@ def ray_available() -> bool:
 
 
 def start_local_ray(**init_kwargs) -> None:
-    """Start a Ray instance on this machine whose workers import this copy of dreamgs.
+    """Start a new Ray instance on this machine whose workers import this copy of dreamgs.
 
     Keyword arguments go to ``ray.init`` (e.g. ``num_cpus``, ``num_gpus``); the dashboard is off
     unless asked for.
@@ -482,6 +482,7 @@ def start_local_ray(**init_kwargs) -> None:
     pythonpath = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
     env = dict(init_kwargs.pop("runtime_env", None) or {})
     env["env_vars"] = {"PYTHONPATH": pythonpath, **env.get("env_vars", {})}
+    init_kwargs.setdefault("address", "local")  # a new instance, even where RAY_ADDRESS names a cluster
     init_kwargs.setdefault("include_dashboard", False)
     init_kwargs.setdefault("logging_level", logging.WARNING)
     ray.init(runtime_env=env, **init_kwargs)
