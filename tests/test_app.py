@@ -103,9 +103,8 @@ def test_image_with_alpha_is_cut_out_and_run(settings, tmp_path):
     Image.fromarray(rgba).save(png)
     calls = []
 
-    def fake_generate(config, image, on_progress, progress):
+    def fake_generate(config, image, run_dir, on_progress, progress):
         calls.append((config, image))
-        run_dir = Path(config.output_dir) / "run"
         run_dir.mkdir(parents=True)
         (run_dir / "model.ply").write_bytes(b"ply\n")
         return RunResult(run_dir, 7, {"ply": run_dir / "model.ply"})
@@ -210,11 +209,10 @@ class Recorder:
     def __init__(self, seconds: float):
         self.seconds, self.intervals, self.guard = seconds, [], threading.Lock()
 
-    def __call__(self, config, image, on_progress, progress):
+    def __call__(self, config, image, run_dir, on_progress, progress):
         start = time.perf_counter()
         on_progress({"stage": "stage1", "step": 1, "total": 1, "loss": 0.5, "gaussians": 1})
         time.sleep(self.seconds)
-        run_dir = Path(config.output_dir) / f"run-{start}"
         run_dir.mkdir(parents=True)
         (run_dir / "model.ply").write_bytes(b"ply\n")
         with self.guard:
@@ -250,14 +248,11 @@ def test_runner_lock_serialises_jobs_started_together(settings):
 class NoLock:
     """Disables the runner's own lock so that only Gradio's queue can keep jobs apart."""
 
-    def __enter__(self):
-        return self
+    def acquire(self, blocking=True):
+        return True
 
-    def __exit__(self, *exc):
-        return False
-
-    def locked(self):
-        return False
+    def release(self):
+        pass
 
 
 def free_port() -> int:
@@ -266,12 +261,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_gradio_queue_runs_one_job_at_a_time_across_both_tabs(settings):
+def test_gradio_queue_runs_one_job_at_a_time_across_both_tabs(settings, monkeypatch):
     from gradio_client import Client
 
-    from dreamgs.app import build_app, configure_gradio_env
+    from dreamgs.app import build_app
 
-    configure_gradio_env(settings)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(settings.cache))
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     rec = Recorder(0.4)
     runner = JobRunner(settings, rec)
     runner.lock = NoLock()

@@ -5,7 +5,8 @@ Layout of the app's work folder (everything the app writes stays inside it):
 - ``runs/``: one run folder per job, exactly as ``dreamgs text``/``image`` write them, plus the
   download zips;
 - ``uploads/``: uploaded images, copied under sanitised names, and their preprocessed RGBA;
-- ``cache/``: Gradio's own upload/serving cache (``GRADIO_TEMP_DIR``).
+- ``cache/``: Gradio's own upload/serving cache (``GRADIO_TEMP_DIR``);
+- ``tmp/``: the process's temporary folder (``TMPDIR``), for libraries that write temporary files.
 
 Jobs from all users go through one queue with a single worker (``concurrency_limit=1`` shared by
 both tabs), and :class:`JobRunner` additionally holds a lock around :func:`~dreamgs.pipeline.generate`,
@@ -184,6 +185,10 @@ class AppSettings:
     def cache(self) -> Path:
         return self.workdir / "cache"
 
+    @property
+    def tmp(self) -> Path:
+        return self.workdir / "tmp"
+
     def base_config(self, mode: str) -> Config:
         return load_config(mode, self.config, self.overrides)
 
@@ -306,26 +311,35 @@ class JobRunner:
         t0 = time.perf_counter()
 
         def work() -> None:
-            with self.lock:
+            if not self.lock.acquire(blocking=False):
+                events.put(("waiting", None))
+                self.lock.acquire()
+            run_dir = None
+            try:
                 events.put(("started", None))
-                try:
-                    result = self.generate_fn(config=cfg, image=cfg.image if mode == "image" else None,
-                                              on_progress=lambda info: events.put(("progress", info)),
-                                              progress=False)
-                    events.put(("done", result))
-                except DreamGSError as e:
-                    events.put(("error", str(e)))
-                except BaseException as e:  # a bug: keep the traceback in the server log
-                    traceback.print_exc()
-                    events.put(("error", f"internal error ({type(e).__name__}: {e}); see the server log"))
+                run_dir = self.new_run_dir(cfg)
+                result = self.generate_fn(config=cfg, image=cfg.image if mode == "image" else None,
+                                          run_dir=run_dir, progress=False,
+                                          on_progress=lambda info: events.put(("progress", info)))
+                outcome = ("done", result)
+            except DreamGSError as e:
+                outcome = ("error", str(e))
+            except BaseException as e:  # a bug: keep the traceback in the server log
+                traceback.print_exc()
+                outcome = ("error", f"internal error ({type(e).__name__}: {e}); see the server log")
+            finally:
+                self.lock.release()
+            if outcome[0] == "error" and run_dir is not None:
+                drop_if_empty(run_dir)
+            events.put(outcome)
 
-        if self.lock.locked():
-            yield JobEvent("Waiting for the previous run to finish…")
         threading.Thread(target=work, name="dreamgs-job", daemon=True).start()
         last = 0.0
         while True:
             kind, payload = events.get()
-            if kind == "started":
+            if kind == "waiting":
+                yield JobEvent("Waiting for the previous run to finish…")
+            elif kind == "started":
                 t0 = time.perf_counter()
                 yield JobEvent("Loading the prior…")
             elif kind == "progress":
@@ -346,17 +360,27 @@ class JobRunner:
                                f"{result.run_dir.name} — {written}", result=result, downloads=files)
                 return
             else:
-                self._drop_empty_runs()
                 yield JobEvent(f"Error: {payload}", error=payload)
                 return
 
-    def _drop_empty_runs(self) -> None:
-        """Remove run folders that a failed job left with nothing but its config and seed."""
-        if not self.settings.runs.is_dir():
-            return
-        for d in self.settings.runs.iterdir():
-            if d.is_dir() and {p.name for p in d.iterdir()} <= {"config.yaml", "seed.txt"}:
-                shutil.rmtree(d, ignore_errors=True)
+    def new_run_dir(self, cfg: Config) -> Path:
+        """``runs/<date-time>-<subject>-s<seed>`` (the CLI's naming), with ``-2``, ``-3``... if taken.
+        Draws the seed now when the page asked for a random one."""
+        from .run import default_run_name, resolve_seed
+
+        resolve_seed(cfg)
+        base = self.settings.runs / default_run_name(cfg)
+        path, n = base, 1
+        while path.exists():
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+        return path
+
+
+def drop_if_empty(run_dir: Path) -> None:
+    """Remove a failed run's folder if it holds nothing but its config and seed."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {"config.yaml", "seed.txt"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 # --- the page -------------------------------------------------------------------------------------
@@ -503,20 +527,26 @@ def page_theme():
                              font_mono=["ui-monospace", "monospace"])
 
 
-def configure_gradio_env(settings: AppSettings) -> None:
-    """Point Gradio's cache into the work folder and turn off its analytics (no network calls).
+def confine_to_workdir(settings: AppSettings) -> None:
+    """Point Gradio's cache and the process's temporary folder into the work folder, and turn off
+    Gradio's analytics (no network calls).
 
-    Must run before ``gradio`` is imported: Gradio reads these variables at import time."""
-    settings.cache.mkdir(parents=True, exist_ok=True)
+    Call before ``gradio`` (and torch) are imported: Gradio reads these variables at import time,
+    and libraries that keep temporary files (torch's compile cache) read TMPDIR on first use."""
+    import tempfile
+
+    for d in (settings.cache, settings.tmp):
+        d.mkdir(parents=True, exist_ok=True)
     os.environ["GRADIO_TEMP_DIR"] = str(settings.cache)
+    os.environ["TMPDIR"] = str(settings.tmp)
+    tempfile.tempdir = None  # re-read TMPDIR
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    os.environ.setdefault("GRADIO_SSR_MODE", "False")
 
 
 def launch_app(settings: AppSettings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                block: bool = True):
     """Start the app at ``http://host:port``; ``block=False`` returns the running Blocks."""
-    configure_gradio_env(settings)
+    confine_to_workdir(settings)
     for d in (settings.runs, settings.uploads):
         d.mkdir(parents=True, exist_ok=True)
     demo = build_app(settings)
