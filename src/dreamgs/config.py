@@ -79,7 +79,8 @@ class PriorConfig:
     view_dependent_prompt: bool = True
     resolution: int = 0  # 0 = the prior's native resolution
     oracle_azimuths: int = 72  # oracle: reference views per elevation ring
-    oracle_elevations: tuple[float, ...] = (-60.0, -45.0, -30.0, -15.0, 0.0, 15.0, 30.0, 45.0)
+    oracle_elevations: tuple[float, ...] = ()  # empty: rings spanning the training cameras' range
+    oracle_ring_step: float = 15.0  # degrees between reference rings
     oracle_resolution: int = 64
     oracle_camera_sigma: float = 0.35  # oracle: camera-kernel width (radians) for image conditioning
 
@@ -124,13 +125,13 @@ class TextureConfig:
 class Stage2Config:
     enabled: bool = True
     iters: int = 50
-    lr: float = 0.2
+    batch_size: int = 1
+    lr: float = 0.2  # Adam on the texture's logits
     render_size: int = 512
-    strength_min: float = 0.1  # SDEdit noise strength at the first step
-    strength_max: float = 0.5  # and at the last
-    refine_steps: int = 4  # DDIM steps back from the noised render
-    lambda_ref: float = 10000.0
-    optimize_geometry: bool = False
+    noise_start: float = 0.2  # SDEdit noise level (fraction of T) at the first step ...
+    noise_end: float = 0.05  # ... falling to this at the last (the refinement trusts the render more)
+    refine_steps: int = 5  # DDIM steps back from the noised render
+    lambda_ref: float = 10.0  # image mode: reference-view colour loss
 
 
 @dataclass

@@ -50,6 +50,24 @@ def preview_image(model, cfg: Config, azimuth: float = 0.0, size: int = 128) -> 
     return (rgb.clamp(0, 1) * 255).round().byte().cpu().numpy()
 
 
+def _video_args(cfg: Config) -> dict:
+    e = cfg.export
+    return dict(frames=e.video_frames, size=e.video_size, elevation=cfg.elevation if cfg.mode == "image" else -15.0,
+                radius=cfg.camera.radius, fovy=cfg.camera.fovy, progress=False)
+
+
+def mesh_render_fn(mesh, background=(1.0, 1.0, 1.0)):
+    """Render function for :func:`dreamgs.media.turntable`: textured mesh over ``background``."""
+    from .mesh.raster import render_mesh
+
+    bg = torch.tensor(background, device=mesh.device)
+
+    @torch.no_grad()
+    def fn(cams):
+        return render_mesh(mesh, cams.to(mesh.device), background=bg, ssaa=2).rgb
+    return fn
+
+
 def check_prompt(prompt: str) -> str:
     if prompt is None or not str(prompt).strip():
         raise InputError("the prompt is empty; describe the object to generate, e.g. dreamgs text \"a ceramic mug\"")
@@ -96,6 +114,7 @@ def generate(prompt: str | None = None, *, image: str | Path | None = None,
     ``step``, ``total``, ``loss``, ``gaussians`` and, now and then, a ``preview`` image.
     """
     from .gaussians import save_ply
+    from .media import gaussian_render_fn, turntable
     from .priors import load_prior
     from .run import default_run_name, prepare_run_dir, resolve_seed, write_json
     from .stage1 import Stage1, make_reference, resolve_device
@@ -143,9 +162,39 @@ def generate(prompt: str | None = None, *, image: str | Path | None = None,
     model = stage1.run(callback=report, progress=progress)
     timings["stage1"] = time.perf_counter() - t0
     result.files["ply"] = save_ply(model, run_dir / "model.ply")
+    if cfg.export.video:
+        t0 = time.perf_counter()
+        result.files["video_gaussians"] = turntable(
+            gaussian_render_fn(model, backend=cfg.backend), run_dir / "gaussians.mp4", **_video_args(cfg))
+        timings["video_gaussians"] = time.perf_counter() - t0
     summary = {"mode": cfg.mode, "prompt": cfg.prompt, "image": cfg.image, "seed": seed,
                "prior": prior.describe(), "device": str(device), "gaussians": len(model),
                "bad_steps": stage1.trainer.bad_steps}
+
+    # Stage 2: textured mesh.
+    if cfg.stage2.enabled:
+        from .export import save_glb, save_obj
+        from .stage2 import run_stage2
+
+        def report2(step: int, loss: float) -> None:
+            if on_progress is not None:
+                on_progress({"stage": "stage2", "step": step, "total": cfg.stage2.iters, "loss": loss})
+
+        mesh_timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        mesh = run_stage2(model, prior, cfg, ref, progress=progress, timings=mesh_timings, callback=report2)
+        timings["stage2"] = time.perf_counter() - t0
+        timings.update({f"stage2_{k}": v for k, v in mesh_timings.items()})
+        if cfg.export.glb:
+            result.files["glb"] = save_glb(mesh, run_dir / "model.glb")
+        if cfg.export.obj:
+            obj = save_obj(mesh, run_dir / "model.obj")
+            result.files.update(obj=obj, mtl=obj.with_suffix(".mtl"), albedo=run_dir / "model_albedo.png")
+        if cfg.export.video:
+            t0 = time.perf_counter()
+            result.files["video_mesh"] = turntable(mesh_render_fn(mesh), run_dir / "mesh.mp4", **_video_args(cfg))
+            timings["video_mesh"] = time.perf_counter() - t0
+        summary.update(mesh_vertices=mesh.num_vertices, mesh_faces=mesh.num_faces)
 
     result.summary = summary
     summary["timings_s"] = timings

@@ -51,6 +51,17 @@ def render_size(cfg: Config, step: int) -> int:
     return s.render_sizes[i]
 
 
+def sample_training_cameras(cfg: Config, n: int, size: int, device, generator: torch.Generator,
+                            relative: bool = False) -> Cameras:
+    """Random orbit cameras from ``cfg.camera``; with ``relative`` (image mode) the elevations are
+    offsets from the input view's elevation, clamped to [-80, 80] degrees."""
+    cams = sample_cameras(n, cfg.camera, size, device=device, generator=generator)
+    if relative:
+        el = (cfg.elevation + cams.elevation).clamp(-80.0, 80.0)
+        cams = make_cameras(el.cpu(), cams.azimuth.cpu(), cams.radius.cpu(), cfg.camera.fovy, size, device=device)
+    return cams
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -78,22 +89,13 @@ class Stage1:
     def step_count(self) -> int:
         return self.trainer.step_count
 
-    def sample_cameras(self, n: int, size: int) -> Cameras:
-        cam_cfg = self.cfg.camera
-        cams = sample_cameras(n, cam_cfg, size, device=self.device, generator=self.trainer.generator)
-        if self.ref is not None:  # image mode: elevations are relative to the input view's
-            el = (self.cfg.elevation + cams.elevation).clamp(-80.0, 80.0)
-            cams = make_cameras(el.cpu(), cams.azimuth.cpu(), cams.radius.cpu(), cam_cfg.fovy, size,
-                                device=self.device)
-        return cams
-
     def step(self) -> bool:
         cfg, s1 = self.cfg, self.cfg.stage1
         step = self.trainer.step_count
         progress = step / max(1, s1.iters)
         size = render_size(cfg, step)
         gen = self.trainer.generator
-        cams = self.sample_cameras(s1.batch_size, size)
+        cams = sample_training_cameras(cfg, s1.batch_size, size, self.device, gen, relative=self.ref is not None)
         white = torch.rand(s1.batch_size, generator=gen) < s1.white_background_prob
         bg = white.float()[:, None].expand(-1, 3).to(self.device)
         out = render(self.model, cams, background=bg, backend=cfg.backend)

@@ -166,21 +166,21 @@ class OraclePrior(Prior):
 
     # -- the exact denoiser ------------------------------------------------------------------------
 
-    def denoise(self, x_t: Tensor, t: int, log_w: Tensor) -> Tensor:
-        """Posterior mean x0_hat (B, 3, R, R) of x_t at integer timestep t under weights log_w."""
+    def denoise(self, x_t: Tensor, t: int, *log_ws: Tensor) -> list[Tensor]:
+        """Posterior means x0_hat (B, 3, R, R) of x_t at integer timestep t, one per set of log
+        prior weights (B, M); the distances to the references are computed once for all."""
         abar = self.alphas_cumprod[t]
         a, s2 = abar.sqrt(), 1.0 - abar
         xf = x_t.reshape(len(x_t), -1).double()
         d2 = (xf**2).sum(-1, keepdim=True) - 2 * a * xf @ self.Xflat.T + abar * self.sqnorm[None]
-        w = torch.softmax(log_w - d2 / (2 * s2), dim=-1)
-        return (w @ self.Xflat).reshape(x_t.shape)
+        return [(torch.softmax(lw - d2 / (2 * s2), dim=-1) @ self.Xflat).reshape(x_t.shape) for lw in log_ws]
 
     def eps_cfg(self, x_t: Tensor, t: int, cams: Cameras) -> Tensor:
         abar = self.alphas_cumprod[t]
         a, s = abar.sqrt(), (1.0 - abar).sqrt()
-        cond, uncond = self.log_weights(cams)
-        eps_c = (x_t.double() - a * self.denoise(x_t, t, cond)) / s
-        eps_u = (x_t.double() - a * self.denoise(x_t, t, uncond)) / s
+        x0_c, x0_u = self.denoise(x_t, t, *self.log_weights(cams))
+        eps_c = (x_t.double() - a * x0_c) / s
+        eps_u = (x_t.double() - a * x0_u) / s
         return eps_u + self.guidance_scale * (eps_c - eps_u)
 
     # -- the Prior interface -----------------------------------------------------------------------
@@ -271,6 +271,24 @@ def asset_render_fn(asset: str) -> tuple[str, RenderFn]:
     return path.stem, mesh_render_fn(normalize_mesh(load_mesh(path)))
 
 
+def oracle_elevations(cfg) -> tuple[float, ...]:
+    """Reference rings: ``prior.oracle_elevations`` if set, else every ``prior.oracle_ring_step``
+    degrees over the training cameras' elevation range (relative to the input view in image mode)
+    plus one ring beyond each end."""
+    p = cfg.prior
+    if p.oracle_elevations:
+        return tuple(float(e) for e in p.oracle_elevations)
+    lo, hi = cfg.camera.elevation_range
+    if cfg.mode == "image":
+        lo, hi = max(cfg.elevation + lo, -80.0), min(cfg.elevation + hi, 80.0)
+    step = p.oracle_ring_step
+    rings, e = [], lo - step
+    while e <= hi + step + 1e-9:
+        rings.append(round(min(max(e, -89.0), 89.0), 6))
+        e += step
+    return tuple(dict.fromkeys(rings))
+
+
 @functools.lru_cache(maxsize=8)
 def _cached_references(asset: str, elevations: tuple, n_azimuth: int, radius: float, fovy: float,
                        resolution: int) -> AssetReferences:
@@ -283,7 +301,7 @@ def build_oracle(cfg, device="cpu", ref_image: Tensor | None = None) -> OraclePr
     from .. import assets
 
     p = cfg.prior
-    key = dict(elevations=tuple(p.oracle_elevations), n_azimuth=p.oracle_azimuths, radius=cfg.camera.radius,
+    key = dict(elevations=oracle_elevations(cfg), n_azimuth=p.oracle_azimuths, radius=cfg.camera.radius,
                fovy=cfg.camera.fovy, resolution=p.oracle_resolution)
     if p.asset and p.asset not in assets.ASSET_NAMES:
         library = [_cached_references(p.asset, **key)]  # a user file: a library of one asset

@@ -1,0 +1,116 @@
+"""Stage 2: Gaussians -> textured mesh (DreamGaussian's second stage).
+
+Extract a mesh from the Gaussians' density, unwrap it, bake colours from Gaussian renders taken
+around the sphere, then refine the texture alone in UV space: at each step the textured mesh is
+rendered from a random camera, the prior refines that render SDEdit-style (noise to a small
+timestep, a few DDIM steps back), and the texture follows the refined image under an MSE loss.
+The noise level falls from ``stage2.noise_start`` to ``stage2.noise_end`` over the steps, i.e.
+the refinement trusts the render more and more (DreamGaussian's rising "strength"). In image
+mode the reference view is added with its own colour and mask loss.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .cameras import sphere_views
+from .config import Config
+from .gaussians import GaussianModel
+from .mesh import Mesh
+from .priors.base import Prior
+from .render import render
+
+
+@torch.no_grad()
+def bake_from_gaussians(model: GaussianModel, mesh: Mesh, cfg: Config, batch: int = 4) -> torch.Tensor:
+    """A texture for ``mesh`` (S, S, 3) baked from renders of ``model`` around the sphere."""
+    from .mesh.texture import bake, mesh_depths
+
+    tc = cfg.texture
+    cams = sphere_views(tc.bake_views, cfg.camera.radius, cfg.camera.fovy, tc.bake_resolution, device=model.device)
+    images = []
+    for i in range(0, len(cams), batch):
+        out = render(model, cams[i:i + batch], background=torch.zeros(3, device=model.device), backend=cfg.backend)
+        # Un-premultiply: colours of the surface, not mixed with the background at soft edges.
+        images.append(torch.where(out.alpha > 1e-3, out.rgb / out.alpha.clamp_min(1e-3), out.rgb).clamp(0, 1))
+    images = torch.cat(images)
+    depths = mesh_depths(mesh, cams)
+    texture, _ = bake(mesh, cams, images, depths, tc.size, tc.cos_threshold)
+    return texture
+
+
+def noise_level(cfg: Config, step: int) -> float:
+    s = cfg.stage2
+    frac = step / max(1, s.iters - 1)
+    return s.noise_start + (s.noise_end - s.noise_start) * frac
+
+
+def refine_texture(mesh: Mesh, prior: Prior, cfg: Config, ref=None, generator: torch.Generator | None = None,
+                   progress: bool = True, callback: Callable[[int, float], None] | None = None) -> Mesh:
+    """Optimise the texture of ``mesh`` against prior-refined renders; returns the new mesh."""
+    from .mesh.raster import render_mesh
+    from .stage1 import sample_training_cameras
+
+    s2 = cfg.stage2
+    dev = mesh.device
+    tex = mesh.texture.clamp(1e-4, 1 - 1e-4)
+    logits = torch.logit(tex).detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([logits], lr=s2.lr)
+    gen = generator or torch.Generator().manual_seed(int(cfg.seed or 0))
+    bar = tqdm(range(s2.iters), desc="stage 2", disable=None if progress else True, dynamic_ncols=True)
+    for step in bar:
+        textured = mesh.with_texture(torch.sigmoid(logits))
+        cams = sample_training_cameras(cfg, s2.batch_size, s2.render_size, dev, gen, relative=ref is not None)
+        white = torch.rand(len(cams), generator=gen) < cfg.stage1.white_background_prob
+        bg = white.float()[:, None].expand(-1, 3).to(dev)
+        out = render_mesh(textured, cams, background=bg)
+        images = out.rgb.permute(0, 3, 1, 2)
+        target = prior.refine(images.detach(), cams, noise_level(cfg, step), s2.refine_steps)
+        loss = F.mse_loss(images, target)
+        if ref is not None:
+            white3 = torch.ones(3, device=dev)
+            r = render_mesh(textured, ref.cams.to(dev), background=white3)
+            a = ref.rgba[..., 3:4]
+            gt = ref.rgba[..., :3] * a + (1 - a)
+            loss = loss + s2.lambda_ref * F.mse_loss(r.rgb[0] * a, gt * a)  # colour where the input shows the object
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if callback is not None:
+            callback(step + 1, float(loss.detach()))
+        bar.set_postfix(loss=f"{loss.item():.4g}")
+    return mesh.with_texture(torch.sigmoid(logits).detach())
+
+
+def run_stage2(model: GaussianModel, prior: Prior | None, cfg: Config, ref=None, progress: bool = True,
+               timings: dict[str, float] | None = None,
+               callback: Callable[[int, float], None] | None = None) -> Mesh:
+    """Gaussians -> extracted, unwrapped, baked and (if ``prior``) refined textured mesh."""
+    from .mesh.extract import extract_mesh
+    from .mesh.texture import unwrap
+
+    timings = {} if timings is None else timings
+    t = time.perf_counter()
+    mesh = extract_mesh(model, cfg.mesh, timings=timings)
+    t = _lap(timings, "extract", t)
+    mesh = unwrap(mesh, resolution=cfg.texture.size)
+    t = _lap(timings, "unwrap", t)
+    mesh = mesh.with_texture(bake_from_gaussians(model, mesh, cfg))
+    t = _lap(timings, "bake", t)
+    if prior is not None and cfg.stage2.iters > 0:
+        mesh = refine_texture(mesh, prior, cfg, ref, progress=progress, callback=callback)
+        _lap(timings, "refine", t)
+    return mesh
+
+
+def _lap(timings: dict[str, float], name: str, start: float) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    now = time.perf_counter()
+    timings[name] = timings.get(name, 0.0) + now - start
+    return now
