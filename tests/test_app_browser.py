@@ -33,7 +33,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TINY = ["stage1.iters=20", "stage1.render_sizes=[32]", "stage1.size_milestones=[]", "gaussians.num_points=300",
         "prior.oracle_azimuths=8", "prior.oracle_elevations=[0]", "prior.oracle_resolution=32",
-        "stage1.ref_size=32", "export.video=false", "stage2.enabled=false"]
+        "stage1.ref_size=32", "export.video=true", "export.video_frames=8", "export.video_size=64",
+        "stage2.enabled=false"]
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("CI"):
@@ -134,7 +135,8 @@ def test_text_job_in_the_browser(server, browser, tmp_path):
     status = page.inner_text("#dreamgs-status")
     assert status.startswith("Done in") and "(seed 3)" in status and "model.ply" in status, status
     assert page.locator("#download-all").is_visible()
-    assert not page.locator("#turntable").is_visible()  # no video was written (export.video=false)
+    video = page.wait_for_selector("#turntable video", timeout=30_000)  # the Gaussians' turntable
+    assert "gaussians.mp4" in (video.get_attribute("src") or ""), video.get_attribute("src")
     # The 3D viewer draws the splat: its canvas shows more than a flat background.
     canvas = page.wait_for_selector("#splat-viewer canvas", timeout=30_000)
     spread = 0.0
@@ -153,7 +155,7 @@ def test_text_job_in_the_browser(server, browser, tmp_path):
     everything = download(page, "#download-all", tmp_path)
     with zipfile.ZipFile(everything) as zf:
         names = set(zf.namelist())
-        assert {"model.ply", "config.yaml", "seed.txt", "summary.json"} <= names
+        assert {"model.ply", "gaussians.mp4", "config.yaml", "seed.txt", "summary.json"} <= names
         assert zf.read("seed.txt").strip() == b"3"
     if page.locator("#download-glb").is_visible():  # stage 2 outputs, when they exist
         assert download(page, "#download-glb", tmp_path).read_bytes()[:4] == b"glTF"

@@ -154,6 +154,12 @@ def downloads(files: dict[str, Path], run_dir: Path) -> dict[str, Path]:
     return out
 
 
+def turntable_video(files: dict[str, Path]) -> Path | None:
+    """The turntable to show: the textured mesh's if there is one, else the Gaussians'."""
+    keys = ["video_mesh", "video_gaussians"] + sorted(k for k in files if k.startswith("video"))
+    return next((Path(files[k]) for k in keys if k in files and Path(files[k]).is_file()), None)
+
+
 # --- jobs -----------------------------------------------------------------------------------------
 
 
@@ -427,7 +433,7 @@ def build_app(settings: AppSettings, runner: JobRunner | None = None):
         if ev.result is None:
             return [gr.skip()] * 7
         files = ev.result.files
-        video = next((files[k] for k in sorted(files) if k.startswith("video") and Path(files[k]).is_file()), None)
+        video = turntable_video(files)
         glb = ev.downloads.get("glb")
         dl = []
         for key in ("ply", "glb", "obj_zip", "all_zip"):
@@ -500,7 +506,8 @@ def build_app(settings: AppSettings, runner: JobRunner | None = None):
                                clear_color=(1.0, 1.0, 1.0, 1.0))
             mesh = gr.Model3D(label="Textured mesh (.glb)", interactive=False, height=420, visible=False,
                               elem_id="mesh-viewer", clear_color=(1.0, 1.0, 1.0, 1.0))
-            video = gr.Video(label="Turntable", interactive=False, visible=False, elem_id="turntable")
+            video = gr.Video(label="Turntable", interactive=False, visible=False, height=420, autoplay=True, loop=True,
+                             elem_id="turntable")
         with gr.Row():
             dl_ply = gr.DownloadButton("Download .ply", visible=False, elem_id="download-ply")
             dl_glb = gr.DownloadButton("Download .glb", visible=False, elem_id="download-glb")
