@@ -115,7 +115,7 @@ def test_image_with_alpha_is_cut_out_and_run(settings, tmp_path):
     cfg, image = calls[0]
     assert Path(image).resolve().is_relative_to(settings.uploads) and Path(image).name == "cube_rgba.png"
     staged = np.asarray(Image.open(image))
-    assert staged.shape == (256, 256, 4) and staged[..., 3].max() == 255 and staged[0, 0, 3] == 0
+    assert staged.shape == (16, 16, 4) and staged[..., 3].max() == 255 and staged[0, 0, 3] == 0
     assert (cfg.mode, cfg.elevation, cfg.stage1.iters, cfg.seed, cfg.prior.kind) == ("image", -10.0, 5, 3, "oracle")
     assert Path(cfg.output_dir) == settings.runs
 

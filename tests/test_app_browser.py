@@ -197,6 +197,14 @@ def test_uploads_stay_inside_the_work_folder(server):
         assert Path(p).resolve().is_relative_to(work / "cache"), p
     too_big = httpx.post(url, files=[("files", ("big.png", b"0" * (21 * 2**20), "image/png"))], timeout=60)
     assert too_big.status_code == 413
+    # A client naming a server file instead of uploading one is refused before the job runs.
+    call = server["url"] + "gradio_api/call/run_image"
+    r = httpx.post(call, json={"data": [{"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}},
+                                        0, "oracle", -1, 5]}, timeout=30)
+    assert r.status_code == 200, r.text
+    reply = httpx.get(f"{call}/{r.json()['event_id']}", timeout=60).text
+    assert "event: error" in reply and "not uploaded by a user" in reply, reply
+    assert not list(server["work"].rglob("hostname*"))
 
 
 def test_nothing_was_written_outside_the_work_folder(server):

@@ -286,22 +286,23 @@ class JobRunner:
                 raise InputError(f"elevation: expected degrees between -90 and 90, got {cfg.elevation:g}")
         return cfg
 
-    def prepare_upload(self, upload, name: str | None = None) -> Path:
-        """Stage an uploaded image inside the work folder and preprocess it to RGBA."""
+    def prepare_upload(self, upload, name: str | None = None, size: int = 256) -> Path:
+        """Stage an uploaded image inside the work folder and preprocess it to ``size`` px RGBA."""
         if upload is None or upload == "":
             raise InputError("no image uploaded: drop an image (PNG with transparency, or any image with "
                              "rembg installed) into the image box")
         staged = stage_upload(upload, self.settings.uploads, int(self.settings.max_upload_mb * 2**20), name)
-        return prepare_image(staged)
+        return prepare_image(staged, size)
 
     def run(self, mode: str, *, prompt: str = "", negative: str = "", image=None, image_name: str | None = None,
             elevation: float = 0.0, prior: str = "oracle", seed=-1, steps=None) -> Iterator[JobEvent]:
         """Validate the inputs, wait for the device, run the job and yield its progress."""
         try:
+            base = self.settings.base_config(mode)
             if steps is None:
-                steps = self.settings.base_config(mode).stage1.iters
-            if mode == "image":
-                image = self.prepare_upload(image, image_name)
+                steps = base.stage1.iters
+            if mode == "image":  # preprocessed at the reference size, so the pipeline's own pass changes nothing
+                image = self.prepare_upload(image, image_name, base.stage1.ref_size)
             elif mode == "text":
                 from .pipeline import check_prompt
 
