@@ -278,6 +278,7 @@ def test_gradio_queue_runs_one_job_at_a_time_across_both_tabs(settings, monkeypa
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         png = settings.workdir / "in.png"
+        png.parent.mkdir(parents=True, exist_ok=True)
         rgba = np.zeros((16, 16, 4), np.uint8)
         rgba[4:12, 4:12] = 255
         Image.fromarray(rgba).save(png)

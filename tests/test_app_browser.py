@@ -218,3 +218,67 @@ def test_nothing_was_written_outside_the_work_folder(server):
             p.resolve().is_relative_to(server["work"].resolve()) for p in server["root"].rglob(name))
     log = server["log"].read_text()
     assert "Running on local URL:  http://127.0.0.1:" in log
+
+
+def _write_mesh_outputs(folder: Path) -> dict[str, Path]:
+    """A textured cube as .glb (trimesh) and as .obj + .mtl + texture, like stage 2 writes them."""
+    import trimesh
+
+    folder.mkdir(parents=True, exist_ok=True)
+    box = trimesh.creation.box((0.8, 0.8, 0.8))
+    box.visual.vertex_colors = np.tile([200, 80, 40, 255], (len(box.vertices), 1))
+    box.export(folder / "model.glb")
+    lines = ["mtllib model.mtl", "usemtl m"] + [f"v {x:g} {y:g} {z:g}" for x, y, z in box.vertices]
+    lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in box.faces]
+    (folder / "model.obj").write_text("\n".join(lines) + "\n")
+    (folder / "model.mtl").write_text("newmtl m\nmap_Kd model_albedo.png\n")
+    Image.fromarray(np.full((8, 8, 3), (200, 80, 40), np.uint8)).save(folder / "model_albedo.png")
+    return {"glb": folder / "model.glb", "obj": folder / "model.obj", "mtl": folder / "model.mtl",
+            "albedo": folder / "model_albedo.png"}
+
+
+def test_mesh_results_in_the_browser(browser, tmp_path, monkeypatch):
+    """Stage-2 outputs (.glb, textured .obj) in the page, with generate() replaced by a stub that
+    writes them: the mesh viewer draws the .glb and the .obj zip holds the obj, mtl and texture."""
+    from dreamgs.app import CSS, AppSettings, JobRunner, build_app, page_theme
+    from dreamgs.pipeline import RunResult
+
+    from dreamgs.gaussians import GaussianModel, save_ply
+
+    settings = AppSettings(tmp_path / "work")
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(settings.cache))
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+
+    def fake_generate(config, image, run_dir, on_progress, progress):
+        files = _write_mesh_outputs(run_dir)
+        files["ply"] = save_ply(GaussianModel.random_ball(200, 0.5, opacity=0.5), run_dir / "model.ply")
+        return RunResult(run_dir, 1, files)
+
+    demo = build_app(settings, JobRunner(settings, fake_generate))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                allowed_paths=[str(settings.runs)], theme=page_theme(), css=CSS, ssr_mode=False)
+    try:
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_selector("#prompt textarea", timeout=30_000)
+        page.fill("#prompt textarea", "a mug")
+        page.click("#text-generate")
+        page.wait_for_selector("#download-glb", state="visible", timeout=60_000)
+        canvas = page.wait_for_selector("#mesh-viewer canvas", timeout=30_000)
+        orange = 0
+        for _ in range(20):
+            rgb = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB"), dtype=np.int32)
+            orange = int(((rgb[..., 0] - rgb[..., 2]) > 60).sum())  # the cube's colour, not the background
+            if orange > 500:
+                break
+            time.sleep(0.5)
+        screenshot(page, "app-mesh-results.png")
+        assert orange > 500, "the mesh viewer did not draw the .glb"
+        glb = download(page, "#download-glb", tmp_path)
+        assert glb.name == "model.glb" and glb.read_bytes()[:4] == b"glTF"
+        with zipfile.ZipFile(download(page, "#download-obj", tmp_path)) as zf:
+            assert sorted(zf.namelist()) == ["model.mtl", "model.obj", "model_albedo.png"]
+        page.close()
+    finally:
+        demo.close()

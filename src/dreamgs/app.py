@@ -430,8 +430,34 @@ def build_app(settings: AppSettings, runner: JobRunner | None = None):
     runner = runner or JobRunner(settings)
     text_cfg, image_cfg = settings.base_config("text"), settings.base_config("image")
 
-    def result_updates(ev: JobEvent) -> list:
-        if ev.result is None:
+    # Each Generate click runs three steps: clear the previous results, run the job (a generator
+    # streaming status and preview; the queued, one-at-a-time step) and show the results. The
+    # results are shown by a plain function after the generator: a Model3D given a .glb by a
+    # generator's update never draws it (Gradio 6.31), while one set by a plain function does.
+
+    def cleared() -> list:
+        hidden = gr.update(value=None, visible=False)
+        return ["Queued…", None, None, gr.update(value=None, visible="hidden"), hidden, hidden, hidden, hidden,
+                hidden, None]
+
+    def progress_outputs(ev: JobEvent) -> list:
+        status = f"**Error:** {ev.error}" if ev.error else ev.status
+        preview = ev.preview if ev.preview is not None else gr.skip()
+        final = ev if ev.result is not None or ev.error else gr.skip()
+        return [status, preview, final]
+
+    def run_text(prompt, negative, prior, seed, steps):
+        for ev in runner.run("text", prompt=prompt, negative=negative, prior=prior, seed=seed, steps=steps):
+            yield progress_outputs(ev)
+
+    def run_image(image, elevation, prior, seed, steps):
+        name = Path(image).name if image else None
+        for ev in runner.run("image", image=image, image_name=name, elevation=elevation, prior=prior,
+                             seed=seed, steps=steps):
+            yield progress_outputs(ev)
+
+    def show_results(ev: JobEvent | None) -> list:
+        if ev is None or ev.result is None:
             return [gr.skip()] * 7
         files = ev.result.files
         video = turntable_video(files)
@@ -440,30 +466,10 @@ def build_app(settings: AppSettings, runner: JobRunner | None = None):
         for key in ("ply", "glb", "obj_zip", "all_zip"):
             path = ev.downloads.get(key)
             dl.append(gr.update(value=str(path) if path else None, visible=path is not None))
+        # The mesh viewer switches between visible and "hidden" (kept in the page, so it can draw).
         return [gr.update(value=str(files["ply"]) if "ply" in files else None),
-                gr.update(value=str(glb) if glb else None, visible=glb is not None),
+                gr.update(value=str(glb) if glb else None, visible=True if glb else "hidden"),
                 gr.update(value=str(video) if video else None, visible=video is not None), *dl]
-
-    def to_outputs(ev: JobEvent) -> list:
-        status = f"**Error:** {ev.error}" if ev.error else ev.status
-        preview = ev.preview if ev.preview is not None else gr.skip()
-        return [status, preview, *result_updates(ev)]
-
-    def cleared() -> list:
-        hidden = gr.update(value=None, visible=False)
-        return ["Queued…", None, None, hidden, hidden, hidden, hidden, hidden, hidden]
-
-    def run_text(prompt, negative, prior, seed, steps):
-        yield cleared()
-        for ev in runner.run("text", prompt=prompt, negative=negative, prior=prior, seed=seed, steps=steps):
-            yield to_outputs(ev)
-
-    def run_image(image, elevation, prior, seed, steps):
-        yield cleared()
-        name = Path(image).name if image else None
-        for ev in runner.run("image", image=image, image_name=name, elevation=elevation, prior=prior,
-                             seed=seed, steps=steps):
-            yield to_outputs(ev)
 
     with gr.Blocks(title="dreamgs") as demo:
         gr.Markdown("# dreamgs\nText or one image → 3D Gaussians → textured mesh. Runs are queued and "
@@ -505,7 +511,7 @@ def build_app(settings: AppSettings, runner: JobRunner | None = None):
         with gr.Row():
             splat = gr.Model3D(label="Gaussian splat (.ply)", interactive=False, height=420, elem_id="splat-viewer",
                                clear_color=(1.0, 1.0, 1.0, 1.0))
-            mesh = gr.Model3D(label="Textured mesh (.glb)", interactive=False, height=420, visible=False,
+            mesh = gr.Model3D(label="Textured mesh (.glb)", interactive=False, height=420, visible="hidden",
                               elem_id="mesh-viewer", clear_color=(1.0, 1.0, 1.0, 1.0))
             video = gr.Video(label="Turntable", interactive=False, visible=False, height=420, autoplay=True, loop=True,
                              elem_id="turntable")
@@ -515,14 +521,16 @@ def build_app(settings: AppSettings, runner: JobRunner | None = None):
             dl_obj = gr.DownloadButton("Download .obj (zip)", visible=False, elem_id="download-obj")
             dl_all = gr.DownloadButton("Download all (zip)", visible=False, elem_id="download-all")
 
-        outputs = [status, preview, splat, mesh, video, dl_ply, dl_glb, dl_obj, dl_all]
+        last_job = gr.State(None)
+        results = [splat, mesh, video, dl_ply, dl_glb, dl_obj, dl_all]
         t_prior.change(lambda k: prior_note(k, t_notes), t_prior, t_note, queue=False)
         i_prior.change(lambda k: prior_note(k, i_notes), i_prior, i_note, queue=False)
         # One worker for both tabs: concurrency_id shares the single slot.
-        t_go.click(run_text, [prompt, negative, t_prior, t_seed, t_steps], outputs,
-                   concurrency_limit=1, concurrency_id="generate")
-        i_go.click(run_image, [image, elevation, i_prior, i_seed, i_steps], outputs,
-                   concurrency_limit=1, concurrency_id="generate")
+        for button, fn, inputs in ((t_go, run_text, [prompt, negative, t_prior, t_seed, t_steps]),
+                                   (i_go, run_image, [image, elevation, i_prior, i_seed, i_steps])):
+            button.click(cleared, None, [status, preview, *results, last_job], queue=False).then(
+                fn, inputs, [status, preview, last_job], concurrency_limit=1, concurrency_id="generate").then(
+                show_results, last_job, results, queue=False)
     demo.queue(max_size=MAX_QUEUE, default_concurrency_limit=1)
     return demo
 
