@@ -217,7 +217,7 @@ def test_nothing_was_written_outside_the_work_folder(server):
         assert not list(server["root"].rglob(name)) or all(
             p.resolve().is_relative_to(server["work"].resolve()) for p in server["root"].rglob(name))
     log = server["log"].read_text()
-    assert "Running on local URL:  http://127.0.0.1:" in log
+    assert f"dreamgs app: serving {server['url']} (work folder {server['work']})" in log
 
 
 def _write_mesh_outputs(folder: Path) -> dict[str, Path]:

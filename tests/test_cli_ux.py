@@ -4,6 +4,7 @@ missing-weights messages of `dreamgs text`/`image` (naming the model and the rem
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 
 import numpy as np
@@ -139,3 +140,25 @@ def test_app_rejects_bad_port_and_config_before_starting(tmp_path, capsys):
     assert "unknown config key 'stage1.iterz'" in capsys.readouterr().err
     assert main(["app", "--workdir", str(tmp_path / "w"), "--max-upload-mb", "0"]) == 2
     assert "--max-upload-mb" in capsys.readouterr().err
+
+
+def test_app_listens_on_loopback_unless_told(tmp_path, capsys):
+    args = build_parser().parse_args(["app"])
+    assert (args.host, args.port, args.workdir) == ("127.0.0.1", 7860, "outputs/app")
+
+
+def test_app_reports_a_busy_port(tmp_path, capsys, monkeypatch):
+    import socket
+    import tempfile
+
+    for var in ("TMPDIR", "GRADIO_TEMP_DIR", "GRADIO_ANALYTICS_ENABLED"):  # the app sets these for its process
+        monkeypatch.setenv(var, os.environ.get(var, ""))
+    monkeypatch.setattr(tempfile, "tempdir", tempfile.tempdir)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["app", "--port", str(port), "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert f"dreamgs app: error: cannot listen on 127.0.0.1:{port}" in err and "choose another --port" in err

@@ -561,13 +561,21 @@ def confine_to_workdir(settings: AppSettings) -> None:
 
 def launch_app(settings: AppSettings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                block: bool = True):
-    """Start the app at ``http://host:port``; ``block=False`` returns the running Blocks."""
+    """Start the app at ``http://host:port`` and print its address; ``block=False`` returns the
+    running Blocks (``.close()`` stops it), otherwise this serves until interrupted."""
     confine_to_workdir(settings)
     for d in (settings.runs, settings.uploads):
         d.mkdir(parents=True, exist_ok=True)
     demo = build_app(settings)
-    demo.launch(server_name=host, server_port=port, max_file_size=int(settings.max_upload_mb * 2**20),
-                allowed_paths=[str(settings.runs)], prevent_thread_lock=not block, quiet=False,
-                show_error=True, theme=page_theme(), css=CSS, footer_links=["gradio"],
-                ssr_mode=False, mcp_server=False)
+    try:
+        demo.launch(server_name=host, server_port=port, max_file_size=int(settings.max_upload_mb * 2**20),
+                    allowed_paths=[str(settings.runs)], prevent_thread_lock=True, quiet=True, show_error=True,
+                    theme=page_theme(), css=CSS, footer_links=["gradio"], ssr_mode=False, mcp_server=False)
+    except OSError as e:
+        raise InputError(f"cannot listen on {host}:{port} ({str(e).splitlines()[0]}); "
+                         "choose another --port or --host") from None
+    print(f"dreamgs app: serving http://{host}:{port}/ (work folder {settings.workdir}); press Ctrl+C to stop",
+          flush=True)
+    if block:
+        demo.block_thread()
     return demo
