@@ -1,8 +1,8 @@
 """The web app in a real browser: `dreamgs app` in a subprocess on a free loopback port, driven
 by Playwright in Debian's headless Chromium (/usr/bin/chromium; `.ci/run` installs it).
 
-A text job with the oracle prior at tiny sizes runs to completion; the splat viewer and the
-download buttons must appear and the downloads must hold the run's files. The image tab must
+A text job with the oracle prior at tiny sizes runs to completion (both stages); the splat and
+mesh viewers must draw, the turntable must play, and the downloads must hold the run's files. The image tab must
 show the preprocessing error for an image without transparency, and uploads named
 ``../../x.png`` must stay inside the app's work folder. Screenshots go to ``test-artifacts/``.
 """
@@ -33,8 +33,9 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TINY = ["stage1.iters=20", "stage1.render_sizes=[32]", "stage1.size_milestones=[]", "gaussians.num_points=300",
         "prior.oracle_azimuths=8", "prior.oracle_elevations=[0]", "prior.oracle_resolution=32",
-        "stage1.ref_size=32", "export.video=true", "export.video_frames=8", "export.video_size=64",
-        "stage2.enabled=false"]
+        "stage1.ref_size=32", "export.video_frames=8", "export.video_size=64", "mesh.grid_resolution=32",
+        "texture.size=64", "texture.bake_views=4", "texture.bake_resolution=64", "stage2.iters=3",
+        "stage2.render_size=32", "stage2.refine_steps=1"]
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("CI"):
@@ -135,30 +136,34 @@ def test_text_job_in_the_browser(server, browser, tmp_path):
     status = page.inner_text("#dreamgs-status")
     assert status.startswith("Done in") and "(seed 3)" in status and "model.ply" in status, status
     assert page.locator("#download-all").is_visible()
-    video = page.wait_for_selector("#turntable video", timeout=30_000)  # the Gaussians' turntable
-    assert "gaussians.mp4" in (video.get_attribute("src") or ""), video.get_attribute("src")
-    # The 3D viewer draws the splat: its canvas shows more than a flat background.
-    canvas = page.wait_for_selector("#splat-viewer canvas", timeout=30_000)
-    spread = 0.0
-    for _ in range(20):
-        pixels = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("L"), dtype=np.float32)
-        spread = float(np.percentile(pixels, 99.5) - np.percentile(pixels, 0.5))
-        if spread > 40:
-            break
-        time.sleep(0.5)
+    video = page.wait_for_selector("#turntable video", timeout=30_000)  # the textured mesh's turntable
+    assert "mesh.mp4" in (video.get_attribute("src") or ""), video.get_attribute("src")
+    # Both 3D viewers draw: their canvases show more than a flat background.
+    spreads = {}
+    for viewer in ("#splat-viewer", "#mesh-viewer"):
+        canvas = page.wait_for_selector(f"{viewer} canvas", timeout=30_000)
+        for _ in range(20):
+            pixels = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("L"), dtype=np.float32)
+            spreads[viewer] = float(np.percentile(pixels, 99.5) - np.percentile(pixels, 0.5))
+            if spreads[viewer] > 40:
+                break
+            time.sleep(0.5)
     screenshot(page, "app-text-job.png")
-    assert spread > 40, "the splat viewer's canvas stayed blank"
+    assert all(v > 40 for v in spreads.values()), f"a 3D viewer stayed blank: {spreads}"
 
     ply = download(page, "#download-ply", tmp_path)
     head = ply.read_bytes()[:2000]
-    assert ply.name == "model.ply" and head.startswith(b"ply\n") and b"element vertex 300\n" in head
-    everything = download(page, "#download-all", tmp_path)
-    with zipfile.ZipFile(everything) as zf:
+    assert ply.name == "model.ply" and head.startswith(b"ply\n") and b"element vertex " in head
+    glb = download(page, "#download-glb", tmp_path)
+    assert glb.name == "model.glb" and glb.read_bytes()[:4] == b"glTF"
+    with zipfile.ZipFile(download(page, "#download-obj", tmp_path)) as zf:
+        assert sorted(zf.namelist()) == ["model.mtl", "model.obj", "model_albedo.png"]
+        assert b"mtllib model.mtl" in zf.read("model.obj")
+    with zipfile.ZipFile(download(page, "#download-all", tmp_path)) as zf:
         names = set(zf.namelist())
-        assert {"model.ply", "gaussians.mp4", "config.yaml", "seed.txt", "summary.json"} <= names
+        assert {"model.ply", "model.glb", "model.obj", "gaussians.mp4", "mesh.mp4", "config.yaml", "seed.txt",
+                "summary.json"} <= names
         assert zf.read("seed.txt").strip() == b"3"
-    if page.locator("#download-glb").is_visible():  # stage 2 outputs, when they exist
-        assert download(page, "#download-glb", tmp_path).read_bytes()[:4] == b"glTF"
     runs = list((server["work"] / "runs").iterdir())
     assert len(runs) == 1 and runs[0].name.endswith("-a-ceramic-mug-s3") and (runs[0] / "model.ply").is_file()
     assert not errors, errors
@@ -219,66 +224,3 @@ def test_nothing_was_written_outside_the_work_folder(server):
     log = server["log"].read_text()
     assert f"dreamgs app: serving {server['url']} (work folder {server['work']})" in log
 
-
-def _write_mesh_outputs(folder: Path) -> dict[str, Path]:
-    """A textured cube as .glb (trimesh) and as .obj + .mtl + texture, like stage 2 writes them."""
-    import trimesh
-
-    folder.mkdir(parents=True, exist_ok=True)
-    box = trimesh.creation.box((0.8, 0.8, 0.8))
-    box.visual.vertex_colors = np.tile([200, 80, 40, 255], (len(box.vertices), 1))
-    box.export(folder / "model.glb")
-    lines = ["mtllib model.mtl", "usemtl m"] + [f"v {x:g} {y:g} {z:g}" for x, y, z in box.vertices]
-    lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in box.faces]
-    (folder / "model.obj").write_text("\n".join(lines) + "\n")
-    (folder / "model.mtl").write_text("newmtl m\nmap_Kd model_albedo.png\n")
-    Image.fromarray(np.full((8, 8, 3), (200, 80, 40), np.uint8)).save(folder / "model_albedo.png")
-    return {"glb": folder / "model.glb", "obj": folder / "model.obj", "mtl": folder / "model.mtl",
-            "albedo": folder / "model_albedo.png"}
-
-
-def test_mesh_results_in_the_browser(browser, tmp_path, monkeypatch):
-    """Stage-2 outputs (.glb, textured .obj) in the page, with generate() replaced by a stub that
-    writes them: the mesh viewer draws the .glb and the .obj zip holds the obj, mtl and texture."""
-    from dreamgs.app import CSS, AppSettings, JobRunner, build_app, page_theme
-    from dreamgs.pipeline import RunResult
-
-    from dreamgs.gaussians import GaussianModel, save_ply
-
-    settings = AppSettings(tmp_path / "work")
-    monkeypatch.setenv("GRADIO_TEMP_DIR", str(settings.cache))
-    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-
-    def fake_generate(config, image, run_dir, on_progress, progress):
-        files = _write_mesh_outputs(run_dir)
-        files["ply"] = save_ply(GaussianModel.random_ball(200, 0.5, opacity=0.5), run_dir / "model.ply")
-        return RunResult(run_dir, 1, files)
-
-    demo = build_app(settings, JobRunner(settings, fake_generate))
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                allowed_paths=[str(settings.runs)], theme=page_theme(), css=CSS, ssr_mode=False)
-    try:
-        page = browser.new_page()
-        page.goto(f"http://127.0.0.1:{port}/")
-        page.wait_for_selector("#prompt textarea", timeout=30_000)
-        page.fill("#prompt textarea", "a mug")
-        page.click("#text-generate")
-        page.wait_for_selector("#download-glb", state="visible", timeout=60_000)
-        canvas = page.wait_for_selector("#mesh-viewer canvas", timeout=30_000)
-        orange = 0
-        for _ in range(20):
-            rgb = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB"), dtype=np.int32)
-            orange = int(((rgb[..., 0] - rgb[..., 2]) > 60).sum())  # the cube's colour, not the background
-            if orange > 500:
-                break
-            time.sleep(0.5)
-        screenshot(page, "app-mesh-results.png")
-        assert orange > 500, "the mesh viewer did not draw the .glb"
-        glb = download(page, "#download-glb", tmp_path)
-        assert glb.name == "model.glb" and glb.read_bytes()[:4] == b"glTF"
-        with zipfile.ZipFile(download(page, "#download-obj", tmp_path)) as zf:
-            assert sorted(zf.namelist()) == ["model.mtl", "model.obj", "model_albedo.png"]
-        page.close()
-    finally:
-        demo.close()

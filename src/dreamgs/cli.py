@@ -141,7 +141,7 @@ def _cmd_prep(args) -> int:
     return 0
 
 
-# --- info ---------------------------------------------------------------------------------------
+# --- info -----------------------------------------------------------------------------------------
 
 
 def _add_info(sub) -> None:
@@ -198,6 +198,65 @@ def _cmd_app(args) -> int:
     return 0
 
 
+# --- batch ----------------------------------------------------------------------------------------
+
+
+def _add_batch(sub) -> None:
+    p = sub.add_parser(
+        "batch", help="generate many assets from a jobs file, one per GPU, on Ray",
+        description="Run the jobs of a YAML jobs file (prompts or images, each with its seed and overrides) as Ray "
+                    "tasks, one asset per GPU: on a local Ray started for the batch, or on a running cluster with "
+                    "--address. Complete jobs are skipped, failed ones retried; every event is appended to "
+                    "<output_dir>/manifest.jsonl. Without Ray, or with --local, jobs run one by one in this process.")
+    p.add_argument("jobs", metavar="JOBS.yaml", help="jobs file (see README: Batch generation)")
+    p.add_argument("--out", metavar="DIR", help="output folder: run folders and manifest.jsonl "
+                                                "(default: the file's output_dir, else outputs/<file stem> next to it)")
+    p.add_argument("--retries", type=int, default=1, metavar="N", help="extra attempts for a failed job (default: 1)")
+    p.add_argument("--gpus-per-job", type=float, metavar="G",
+                   help="GPUs per job, fractions allowed; 0 runs on CPUs "
+                        "(default: 1 when the cluster has GPUs, else 0)")
+    p.add_argument("--cpus-per-job", type=float, metavar="C",
+                   help="CPUs per job, also its torch threads (default: a GPU node's CPUs split over its GPUs; "
+                        "1 for CPU jobs)")
+    p.add_argument("--address", metavar="ADDR", help="join a running Ray cluster (e.g. auto or HOST:6379) "
+                                                     "instead of starting one here")
+    p.add_argument("--num-gpus", type=int, metavar="N", help="GPUs the local Ray may use (default: all visible)")
+    p.add_argument("--num-cpus", type=int, metavar="N", help="CPUs the local Ray may use (default: all)")
+    p.add_argument("--local", action="store_true", help="no Ray: run the jobs one by one in this process")
+    p.add_argument("--force", action="store_true", help="re-run jobs whose outputs are already complete")
+    p.add_argument("--dry-run", action="store_true", help="list the jobs and whether each is complete; run nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _cmd_batch(args) -> int:
+    from .batch import MANIFEST_NAME, completion_problem, done_outputs, load_jobs, run_batch
+
+    if args.dry_run:
+        spec = load_jobs(args.jobs, args.out)
+        recorded = done_outputs(spec.output_dir / MANIFEST_NAME)
+        for job in spec.jobs:
+            if job.error:
+                state = f"invalid: {job.error}"
+            else:
+                problem = completion_problem(job.run_dir, job.config, recorded.get(str(job.run_dir), {}).values())
+                state = "complete" if problem is None else f"to run ({problem})"
+            print(f"{job.name}\t{job.run_dir}\t{state}")
+        return 0
+    ray_init = {k: v for k, v in (("num_gpus", args.num_gpus), ("num_cpus", args.num_cpus)) if v is not None}
+    if ray_init and (args.address or args.local):
+        from .errors import InputError
+
+        raise InputError("--num-gpus/--num-cpus apply to a Ray started here, not with --address or --local")
+    report = run_batch(args.jobs, output_dir=args.out, retries=args.retries, gpus_per_job=args.gpus_per_job,
+                       cpus_per_job=args.cpus_per_job, address=args.address, local=args.local, force=args.force,
+                       ray_init=ray_init, progress=False if args.quiet else None)
+    counts = ", ".join(f"{len(report.names(s))} {s}" for s in ("done", "skipped", "failed", "interrupted"))
+    print(f"batch finished in {report.wall_s:.1f} s ({report.backend}): {counts}; manifest {report.manifest}")
+    for name in report.names("failed"):
+        print(f"  failed: {name}: {report.records[name]['error']}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
 # --- main -----------------------------------------------------------------------------------------
 
 COMMANDS = {
@@ -207,6 +266,7 @@ COMMANDS = {
     "prep": (_add_prep, _cmd_prep),
     "info": (_add_info, _cmd_info),
     "app": (_add_app, _cmd_app),
+    "batch": (_add_batch, _cmd_batch),
 }
 
 

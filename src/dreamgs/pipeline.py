@@ -197,6 +197,7 @@ def generate(prompt: str | None = None, *, image: str | Path | None = None,
         summary.update(mesh_vertices=mesh.num_vertices, mesh_faces=mesh.num_faces)
 
     result.summary = summary
+    summary["files"] = {k: str(p.relative_to(run_dir)) for k, p in result.files.items()}
     summary["timings_s"] = timings
     summary["total_s"] = time.perf_counter() - t_start
     result.files["summary"] = write_json(run_dir / "summary.json", summary)
