@@ -81,6 +81,7 @@ class PriorConfig:
     oracle_azimuths: int = 72  # oracle: reference views per elevation ring
     oracle_elevations: tuple[float, ...] = ()  # empty: rings spanning the training cameras' range
     oracle_ring_step: float = 15.0  # degrees between reference rings
+    oracle_max_elevation: float = 0.0  # text mode: highest reference ring (0 = eye level; + is below)
     oracle_resolution: int = 64
     oracle_camera_sigma: float = 0.35  # oracle: camera-kernel width (radians) for image conditioning
 
