@@ -50,6 +50,7 @@ class GaussianConfig:
     lr_scale: float = 0.005
     lr_rotation: float = 0.005
     adam_eps: float = 1e-15
+    fused_adam: bool = True  # CUDA: one fused kernel for the Adam update
 
 
 @dataclass
@@ -76,6 +77,8 @@ class PriorConfig:
     t_max: float = 0.98
     t_schedule: str = "anneal"  # anneal | random
     dtype: str = "auto"  # auto | fp32 | fp16 | bf16
+    channels_last: bool = True  # CUDA: channels-last UNet/VAE
+    compile: bool = False  # CUDA: torch.compile the UNet (pays off over long runs)
     view_dependent_prompt: bool = True
     resolution: int = 0  # 0 = the prior's native resolution
     oracle_azimuths: int = 72  # oracle: reference views per elevation ring

@@ -245,7 +245,7 @@ def make_optimizer(model: GaussianModel, cfg, spatial_scale: float = 1.0, fused:
     groups = [{"params": [model.params[k]], "lr": lrs[k], "name": k} for k in PARAM_NAMES]
     kwargs = {}
     if fused is None:
-        fused = model.device.type == "cuda"
+        fused = model.device.type == "cuda" and getattr(cfg, "fused_adam", True)
     if fused:
         kwargs["fused"] = True
     return torch.optim.Adam(groups, lr=0.0, eps=cfg.adam_eps, **kwargs)

@@ -6,7 +6,8 @@
 - ``zero123``: Zero123-XL, image-conditioned (default ``ashawkey/zero123-xl-diffusers``);
 - ``stable-zero123``: Stable-Zero123 (default ``ashawkey/stable-zero123-diffusers``, the public
   diffusers conversion that DreamGaussian uses);
-- ``oracle``: a cheap stand-in rendering a known asset (``priors/oracle.py``).
+- ``oracle``: an exact diffusion model of known 3D assets (``priors/oracle.py``), for offline runs
+  whose quality can be measured against the asset itself.
 
 An empty ``cfg.prior.model`` picks the kind's default. The diffusion modules import
 diffusers/transformers only when a prior is built.
@@ -38,6 +39,7 @@ def load_prior(cfg: "Config", device, ref_image: "torch.Tensor | None" = None) -
                   resolution=p.resolution, seed=cfg.seed)
     if p.guidance_scale is not None:  # None keeps the prior's own default (SD 100, Zero123 5)
         common["guidance_scale"] = p.guidance_scale
+    speed = dict(channels_last=p.channels_last, compile=p.compile) if str(device).startswith("cuda") else {}
     if kind == "sd":
         from .sd import DEFAULT_SD_MODEL, StableDiffusionPrior
 
@@ -45,14 +47,15 @@ def load_prior(cfg: "Config", device, ref_image: "torch.Tensor | None" = None) -
             raise ConfigError("prior.kind=sd needs a text prompt (prompt=...)")
         return StableDiffusionPrior(p.model or DEFAULT_SD_MODEL, prompt=cfg.prompt,
                                     negative_prompt=cfg.negative_prompt,
-                                    view_dependent=p.view_dependent_prompt, **common)
+                                    view_dependent=p.view_dependent_prompt, **common).optimize(**speed)
     elif kind in ("zero123", "stable-zero123"):
         from .zero123 import Zero123Prior
 
         if ref_image is None:
             raise InputError(f"prior.kind={kind} needs an input image (image=path/to/image.png)")
         return Zero123Prior(p.model, ref_image=ref_image, ref_elevation=cfg.elevation,
-                            ref_radius=cfg.camera.radius, stable=kind == "stable-zero123", **common)
+                            ref_radius=cfg.camera.radius, stable=kind == "stable-zero123",
+                            **common).optimize(**speed)
     elif kind == "oracle":
         from .oracle import build_oracle
 

@@ -62,6 +62,19 @@ class LatentDiffusionPrior(Prior):
         self._noise_gen = (torch.Generator(device=self.device).manual_seed(seed)
                            if self.device.type == "cuda" else self._cpu_gen)
 
+    def optimize(self, channels_last: bool = False, compile: bool = False) -> "LatentDiffusionPrior":
+        """Speed options for CUDA: channels-last UNet/VAE weights and a compiled UNet call.
+
+        Results are unchanged up to floating-point rounding. Compilation is done once, on the first
+        call (seconds to minutes for a full-size UNet), and cached on disk by torch's inductor.
+        """
+        if channels_last:
+            self.unet = self.unet.to(memory_format=torch.channels_last)
+            self.vae = self.vae.to(memory_format=torch.channels_last)
+        if compile:
+            self.unet = torch.compile(self.unet, fullgraph=False, dynamic=False)
+        return self
+
     def _frozen(self, module: torch.nn.Module) -> torch.nn.Module:
         """``module`` on the prior's device and dtype, in eval mode, without parameter gradients."""
         if next(module.parameters()).dtype != self.dtype:
