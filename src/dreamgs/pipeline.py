@@ -100,6 +100,10 @@ def resolve_config(prompt: str | None = None, image: str | Path | None = None,
         cfg.seed = seed
     if mode == "text":
         cfg.prompt = check_prompt(cfg.prompt)
+    elif not cfg.image:
+        raise InputError("no input image given (image=path/to/image.png)")
+    elif Path(cfg.image).is_dir():
+        raise InputError(f"{cfg.image}: is a directory, expected an input image file")
     elif not Path(cfg.image).is_file():
         raise InputError(f"{cfg.image}: input image not found")
     validate(cfg)
