@@ -119,6 +119,43 @@ def _cmd_resume(args) -> int:
     return 0
 
 
+# --- mesh -----------------------------------------------------------------------------------------
+
+
+def _add_mesh(sub) -> None:
+    p = sub.add_parser(
+        "mesh", help="stage 2 only: textured mesh from a run folder or any 3DGS .ply",
+        description="Turn Gaussians into a textured mesh (.glb, .obj/.mtl/.png, turntable). SOURCE is a "
+                    "dreamgs run folder (its config and prior are reused and its files are written into it) "
+                    "or any 3DGS .ply (centred and scaled for meshing, exported in its own frame; the "
+                    "texture is baked from renders and refined with a prior only if --prompt is given).")
+    p.add_argument("source", help="run folder or .ply file")
+    p.add_argument("--prompt", help="for a bare .ply: refine the texture with the prior under this prompt")
+    p.add_argument("--prior", metavar="KIND", help="prior for the refinement (see `dreamgs text --help`)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: the run folder, or <name>_mesh/ "
+                                                "next to a .ply)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_config_args(p)
+
+
+def _cmd_mesh(args) -> int:
+    from .pipeline import mesh_from
+
+    ov = []
+    if args.prior:
+        kind, _, asset = args.prior.partition(":")
+        ov.append(f"prior.kind={kind}")
+        if asset:
+            ov.append(f"prior.asset={asset}")
+    if args.prompt:
+        ov.append(f"prompt={args.prompt}")
+    result = mesh_from(args.source, config=args.config, overrides=ov + list(args.overrides), out_dir=args.out,
+                       progress=not args.quiet)
+    files = ", ".join(str(p) for p in result.files.values())
+    print(f"done in {result.summary['total_s']:.1f} s; wrote {files}")
+    return 0
+
+
 # --- fit ------------------------------------------------------------------------------------------
 
 
@@ -233,6 +270,7 @@ COMMANDS = {
     "text": (_add_text, _cmd_text),
     "image": (_add_image, _cmd_image),
     "resume": (_add_resume, _cmd_resume),
+    "mesh": (_add_mesh, _cmd_mesh),
     "fit": (_add_fit, _cmd_fit),
     "prep": (_add_prep, _cmd_prep),
     "batch": (_add_batch, _cmd_batch),

@@ -81,6 +81,7 @@ class PriorConfig:
     oracle_azimuths: int = 72  # oracle: reference views per elevation ring
     oracle_elevations: tuple[float, ...] = ()  # empty: rings spanning the training cameras' range
     oracle_ring_step: float = 15.0  # degrees between reference rings
+    oracle_max_elevation: float = 0.0  # text mode: highest reference ring (0 = eye level; + is below)
     oracle_resolution: int = 64
     oracle_camera_sigma: float = 0.35  # oracle: camera-kernel width (radians) for image conditioning
 
@@ -110,7 +111,11 @@ class MeshConfig:
     density_threshold: float = 1.0
     opacity_threshold: float = 0.005
     min_component_fraction: float = 0.02  # drop components smaller than this fraction of faces
-    target_faces: int = 100_000
+    target_faces: int = 100_000  # decimate to at most this many faces (0: keep all)
+    grid_margin: float = 0.1  # grid half-size = (1 + margin) * half-extent of the means + 3 sigma
+    fill_cavities: bool = True  # fill enclosed empty regions, so hollow shells give one surface
+    min_sigma: float = 0.5  # widen Gaussians to at least this std (grid spacings) so thin disks are sampled
+    vertex_colors: bool = False  # colour vertices from the Gaussians (for an untextured export; ~2x grid time)
 
 
 @dataclass
@@ -387,6 +392,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("gaussians.sh_degree must be between 0 and 3")
     if cfg.mesh.grid_resolution < 8:
         raise ConfigError("mesh.grid_resolution must be at least 8")
+    if cfg.mesh.block_size < 1 or cfg.mesh.target_faces < 0:
+        raise ConfigError("mesh.block_size must be at least 1 and mesh.target_faces at least 0 (0 = no decimation)")
+    if cfg.mesh.min_sigma < 0 or cfg.mesh.grid_margin < 0:
+        raise ConfigError("mesh.min_sigma and mesh.grid_margin must not be negative")
     if cfg.seed is not None and not 0 <= cfg.seed < 2**63:
         raise ConfigError("seed must be a non-negative integer below 2**63")
 

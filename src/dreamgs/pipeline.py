@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import random
 import tempfile
@@ -51,6 +53,140 @@ def preview_image(model, cfg: Config, azimuth: float = 0.0, size: int = 128) -> 
                         cfg.camera.radius, cfg.camera.fovy, size, device=model.device)
     rgb = render(model, cams, background=torch.ones(3, device=model.device), backend=cfg.backend).rgb[0]
     return (rgb.clamp(0, 1) * 255).round().byte().cpu().numpy()
+
+
+def textured_mesh(model, prior, cfg: Config, ref, run_dir: Path, result: RunResult, timings: dict,
+                  on_progress: ProgressFn | None = None, progress: bool = True, transform=None,
+                  stats: dict | None = None) -> dict:
+    """Stage 2 and the mesh exports (.glb, .obj/.mtl/.png, turntable) into ``run_dir``.
+
+    ``transform``: (centre, scale) mapping the normalised frame stage 2 ran in back to the
+    model's own frame for the exported files (see :func:`mesh_from`). ``stats`` receives
+    stage 2's ``bad_steps`` (skipped non-finite texture steps).
+    """
+    from .export import save_glb, save_obj
+    from .media import turntable
+    from .stage2 import run_stage2
+
+    def report(step: int, loss: float) -> None:
+        if on_progress is not None:
+            on_progress({"stage": "stage2", "step": step, "total": cfg.stage2.iters, "loss": loss})
+
+    mesh_timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    mesh = run_stage2(model, prior, cfg, ref, progress=progress, timings=mesh_timings, callback=report, stats=stats)
+    timings["stage2"] = time.perf_counter() - t0
+    timings.update({f"stage2_{k}": v for k, v in mesh_timings.items()})
+    if cfg.export.video:
+        t0 = time.perf_counter()
+        result.files["video_mesh"] = turntable(mesh_render_fn(mesh), run_dir / "mesh.mp4", **_video_args(cfg))
+        timings["video_mesh"] = time.perf_counter() - t0
+    if transform is not None:
+        centre, scale = transform
+        mesh = dataclasses.replace(mesh, vertices=mesh.vertices * scale + centre)
+    if cfg.export.glb:
+        result.files["glb"] = save_glb(mesh, run_dir / "model.glb")
+    if cfg.export.obj:
+        obj = save_obj(mesh, run_dir / "model.obj")
+        result.files.update(obj=obj, mtl=obj.with_suffix(".mtl"))
+        if mesh.texture is not None:
+            result.files["albedo"] = run_dir / "model_albedo.png"
+    return {"mesh_vertices": mesh.num_vertices, "mesh_faces": mesh.num_faces}
+
+
+def mesh_from(source: str | Path, *, config: str | Path | None = None, overrides: Sequence[str] = (),
+              out_dir: str | Path | None = None, progress: bool = True) -> RunResult:
+    """Stage 2 on an existing stage-1 run folder, or on any 3DGS ``.ply`` (``dreamgs mesh``).
+
+    A run folder is read with its own ``config.yaml`` (``overrides`` apply on top) and written
+    into. A bare ``.ply`` is centred and scaled into the unit frame the stage-2 cameras expect,
+    meshed there, and exported in its original frame; it is only baked, with no prior
+    refinement, unless a prompt is given (``prompt=...``; the prior is ``prior.kind``).
+    """
+    import yaml
+
+    from .config import apply_override, from_dict
+    from .gaussians import load_ply
+    from .priors import load_prior
+    from .run import prepare_run_dir, write_json
+    from .stage1 import make_reference, resolve_device
+
+    src = Path(source)
+    t_start = time.perf_counter()
+    transform = None
+    if src.is_dir():
+        if not (src / "config.yaml").is_file() or not (src / "model.ply").is_file():
+            raise InputError(f"{src}: not a dreamgs run folder (needs config.yaml and model.ply)")
+        try:
+            cfg = from_dict(yaml.safe_load((src / "config.yaml").read_text(encoding="utf-8")) or {})
+        except yaml.YAMLError as e:
+            raise InputError(f"{src / 'config.yaml'}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if config:
+            from .config import apply_dict, load_yaml
+            apply_dict(cfg, load_yaml(config), str(config))
+        for ov in overrides:
+            apply_override(cfg, ov)
+        validate(cfg)
+        run_dir = Path(out_dir) if out_dir else src
+        model_path = src / "model.ply"
+    elif src.suffix.lower() == ".ply":
+        cfg = load_config("text", config, list(overrides))
+        run_dir = Path(out_dir) if out_dir else src.with_name(f"{src.stem}_mesh")
+        model_path = src
+    else:
+        raise InputError(f"{src}: expected a run folder or a 3DGS .ply file")
+    device = resolve_device(cfg.device)
+    model = load_ply(model_path, device=device)
+    if not src.is_dir():
+        model, centre, scale = normalize_gaussians(model)
+        transform = (centre, scale)
+    seed = int(cfg.seed or 0)
+    seed_everything(seed)
+    if run_dir != src:
+        check_output_location(run_dir)
+    ref, ref_image, prior = None, None, None
+    if cfg.mode == "image" and src.is_dir() and (src / "input_rgba.png").is_file():
+        from .media import load_image
+
+        rgba = torch.as_tensor(load_image(src / "input_rgba.png")).float()
+        ref = make_reference(rgba, cfg, device)
+        a = ref.rgba[..., 3:4]
+        ref_image = (ref.rgba[..., :3] * a + (1 - a)).permute(2, 0, 1)[None]
+    if cfg.stage2.iters > 0 and (src.is_dir() or cfg.prompt.strip()):
+        prior = load_prior(cfg, device, ref_image)
+    # The inputs are valid: only now is an output folder created.
+    run_dir = prepare_run_dir(run_dir, cfg, seed) if run_dir != src else run_dir
+    result = RunResult(run_dir, seed, {})
+    timings: dict[str, float] = {}
+    summary = {"source": str(src), "gaussians": len(model), "prior": prior.describe() if prior else None}
+    summary.update(textured_mesh(model, prior, cfg, ref, run_dir, result, timings, progress=progress,
+                                 transform=transform))
+    summary["files"] = {k: str(p.relative_to(run_dir)) for k, p in result.files.items()}
+    summary["timings_s"] = timings
+    summary["total_s"] = time.perf_counter() - t_start
+    result.summary = summary
+    result.files["mesh_summary"] = write_json(run_dir / "mesh_summary.json", summary)
+    return result
+
+
+def normalize_gaussians(model, radius: float = 0.5):
+    """Centre and scale a Gaussian model so its opaque core fits a sphere of ``radius``.
+
+    Returns the normalised model and (centre, scale) with ``original = normalised * scale + centre``.
+    The extent ignores the 1% most outlying opaque Gaussians (floaters in captured scenes).
+    """
+    from .gaussians import GaussianModel
+
+    means = model.means.detach()
+    opaque = model.opacities.detach() > 0.1
+    core = means[opaque] if opaque.sum() >= 10 else means
+    lo, hi = torch.quantile(core, 0.01, dim=0), torch.quantile(core, 0.99, dim=0)
+    centre = (lo + hi) / 2
+    scale = float((core - centre).norm(dim=-1).quantile(0.99).clamp_min(1e-8)) / radius
+    params = {k: v.detach().clone() for k, v in model.params.items()}
+    params["means"] = (params["means"] - centre) / scale
+    params["scales"] = params["scales"] - math.log(scale)
+    return GaussianModel(params, model.sh_degree), centre, scale
 
 
 def _video_args(cfg: Config) -> dict:
@@ -394,7 +530,8 @@ def _execute(run: _Run, ckpt, on_progress: ProgressFn | None, progress: bool, t_
 
             if cfg.stage2.enabled:
                 phase = "stage2"
-                _stage2(model, run, result, summary, timings, bad2, on_progress, progress)
+                summary.update(textured_mesh(model, prior, cfg, run.ref, run_dir, result, timings, on_progress,
+                                             progress, stats=bad2))
         except (torch.OutOfMemoryError, MemoryError):
             out_of_memory = True  # raised below, outside this handler, so the failed frames are freed
     if out_of_memory:
@@ -419,35 +556,4 @@ def _execute(run: _Run, ckpt, on_progress: ProgressFn | None, progress: bool, t_
     result.files["summary"] = write_json(run_dir / "summary.json", summary)
     ckpt_file.unlink(missing_ok=True)  # the run is complete; summary.json marks it
     return result
-
-
-def _stage2(model, run: _Run, result: RunResult, summary: dict, timings: dict, stats: dict,
-            on_progress: ProgressFn | None, progress: bool) -> None:
-    """Stage 2 (textured mesh) and its exports."""
-    from .export import save_glb, save_obj
-    from .media import turntable
-    from .stage2 import run_stage2
-
-    cfg, run_dir = run.cfg, run.run_dir
-
-    def report2(step: int, loss: float) -> None:
-        if on_progress is not None:
-            on_progress({"stage": "stage2", "step": step, "total": cfg.stage2.iters, "loss": loss})
-
-    mesh_timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    mesh = run_stage2(model, run.prior, cfg, run.ref, progress=progress, timings=mesh_timings, callback=report2,
-                      stats=stats)
-    timings["stage2"] = time.perf_counter() - t0
-    timings.update({f"stage2_{k}": v for k, v in mesh_timings.items()})
-    if cfg.export.glb:
-        result.files["glb"] = save_glb(mesh, run_dir / "model.glb")
-    if cfg.export.obj:
-        obj = save_obj(mesh, run_dir / "model.obj")
-        result.files.update(obj=obj, mtl=obj.with_suffix(".mtl"), albedo=run_dir / "model_albedo.png")
-    if cfg.export.video:
-        t0 = time.perf_counter()
-        result.files["video_mesh"] = turntable(mesh_render_fn(mesh), run_dir / "mesh.mp4", **_video_args(cfg))
-        timings["video_mesh"] = time.perf_counter() - t0
-    summary.update(mesh_vertices=mesh.num_vertices, mesh_faces=mesh.num_faces)
 

@@ -105,9 +105,13 @@ class OraclePrior(Prior):
         self.device = torch.device(device)
         self.library = library
         self.resolution = library[0].images.shape[-1]
-        self.X = torch.cat([a.images for a in library]).to(self.device, torch.float64)  # (M, 3, R, R)
-        self.Xflat = self.X.reshape(len(self.X), -1)
-        self.sqnorm = (self.Xflat**2).sum(-1)
+        X = torch.cat([a.images for a in library]).to(self.device, torch.float64).reshape(-1, 3 * self.resolution**2)
+        # References centred on their mean, in float32: distances are computed from a float32
+        # matrix product without the cancellation that uncentred magnitudes would cause.
+        self.mean = X.mean(0)
+        self.Xc = (X - self.mean).float()  # (M, 3 R R)
+        self.sqnorm = ((X - self.mean) ** 2).sum(-1)  # float64
+        self.num_references = len(X)
         self.asset_id = torch.cat([torch.full((len(a.images),), k) for k, a in enumerate(library)]).to(self.device)
         self.el = torch.cat([a.elevation for a in library]).to(self.device)
         self.az = torch.cat([a.azimuth for a in library]).to(self.device)
@@ -131,21 +135,21 @@ class OraclePrior(Prior):
 
     def _identify(self, ref_image: Tensor) -> int:
         """The asset whose reference nearest the input camera best matches the input view."""
-        x = resize(ref_image.to(self.device, torch.float64), self.resolution).reshape(1, -1) * 2 - 1
+        x = resize(ref_image.to(self.device, torch.float64), self.resolution).reshape(1, -1) * 2 - 1 - self.mean
         ang = camera_angle(self.el, self.az, torch.tensor(self.ref_elevation), torch.tensor(0.0)).to(self.device)
         best, best_err = 0, math.inf
         for k in range(len(self.library)):
             sel = (self.asset_id == k)
             near = torch.where(sel, ang, torch.full_like(ang, math.inf))
             cand = (near <= near.min() + 1e-6).nonzero(as_tuple=True)[0]  # nearest camera, both backgrounds
-            err = ((self.Xflat[cand] - x) ** 2).mean(-1).min().item()
+            err = ((self.Xc[cand].double() - x) ** 2).mean(-1).min().item()
             if err < best_err:
                 best, best_err = k, err
         return best
 
     def log_weights(self, cams: Cameras) -> tuple[Tensor, Tensor]:
         """Conditional and unconditional log prior weights over references, each (B, M)."""
-        B, M = len(cams), len(self.X)
+        B, M = len(cams), self.num_references
         uncond = torch.zeros(B, M, dtype=torch.float64, device=self.device)
         neg = torch.full((B, M), -math.inf, dtype=torch.float64, device=self.device)
         mine = (self.asset_id == self.asset_index)[None].expand(B, M)
@@ -171,9 +175,10 @@ class OraclePrior(Prior):
         prior weights (B, M); the distances to the references are computed once for all."""
         abar = self.alphas_cumprod[t]
         a, s2 = abar.sqrt(), 1.0 - abar
-        xf = x_t.reshape(len(x_t), -1).double()
-        d2 = (xf**2).sum(-1, keepdim=True) - 2 * a * xf @ self.Xflat.T + abar * self.sqnorm[None]
-        return [(torch.softmax(lw - d2 / (2 * s2), dim=-1) @ self.Xflat).reshape(x_t.shape) for lw in log_ws]
+        y = x_t.reshape(len(x_t), -1).double() - a * self.mean  # x_t - a x_i = y - a (x_i - mean)
+        d2 = (y**2).sum(-1, keepdim=True) - 2 * a * (y.float() @ self.Xc.T).double() + abar * self.sqnorm[None]
+        return [(self.mean + (torch.softmax(lw - d2 / (2 * s2), dim=-1).float() @ self.Xc).double()).reshape(x_t.shape)
+                for lw in log_ws]
 
     def eps_cfg(self, x_t: Tensor, t: int, cams: Cameras) -> Tensor:
         abar = self.alphas_cumprod[t]
@@ -221,14 +226,14 @@ class OraclePrior(Prior):
 
     def describe(self) -> str:
         mode = "image" if self.image_mode else "text"
-        return f"oracle prior ({mode} mode, asset '{self.asset}', {len(self.X)} references)"
+        return f"oracle prior ({mode} mode, asset '{self.asset}', {self.num_references} references)"
 
 
 # ------------------------------------------------------------------------------------------------
 # Building libraries
 
 
-def mesh_render_fn(mesh) -> RenderFn:
+def mesh_rgba_fn(mesh) -> RenderFn:
     from ..mesh.raster import render_mesh
 
     def fn(cams: Cameras):
@@ -237,7 +242,7 @@ def mesh_render_fn(mesh) -> RenderFn:
     return fn
 
 
-def gaussian_render_fn(model) -> RenderFn:
+def gaussians_rgba_fn(model) -> RenderFn:
     from ..render import render
 
     def fn(cams: Cameras):
@@ -251,7 +256,7 @@ def asset_render_fn(asset: str) -> tuple[str, RenderFn]:
     from .. import assets
 
     if asset in assets.ASSET_NAMES:
-        return asset, mesh_render_fn(assets.make_asset(asset))
+        return asset, mesh_rgba_fn(assets.make_asset(asset))
     path = Path(asset)
     if not path.exists():
         raise InputError(f"oracle prior: '{asset}' is neither a built-in asset "
@@ -263,24 +268,30 @@ def asset_render_fn(asset: str) -> tuple[str, RenderFn]:
         except InputError as gs_err:
             from ..mesh.io import load_mesh, normalize_mesh
             try:
-                return path.stem, mesh_render_fn(normalize_mesh(load_mesh(path)))
+                return path.stem, mesh_rgba_fn(normalize_mesh(load_mesh(path)))
             except InputError:
                 raise gs_err from None
-        return path.stem, gaussian_render_fn(model)
+        return path.stem, gaussians_rgba_fn(model)
     from ..mesh.io import load_mesh, normalize_mesh
-    return path.stem, mesh_render_fn(normalize_mesh(load_mesh(path)))
+    return path.stem, mesh_rgba_fn(normalize_mesh(load_mesh(path)))
 
 
 def oracle_elevations(cfg) -> tuple[float, ...]:
     """Reference rings: ``prior.oracle_elevations`` if set, else every ``prior.oracle_ring_step``
     degrees over the training cameras' elevation range (relative to the input view in image mode)
-    plus one ring beyond each end."""
+    plus one ring beyond each end. In text mode the rings stop at ``prior.oracle_max_elevation``
+    (eye level): like a text-to-image model trained on photographs, the text oracle has not seen
+    its objects from below. With views from below in its data, a grey initial blob matches the
+    grey underside of an asset best and stage 1 settles on it (measured: 18.9 dB instead of 22 on
+    the mug)."""
     p = cfg.prior
     if p.oracle_elevations:
         return tuple(float(e) for e in p.oracle_elevations)
     lo, hi = cfg.camera.elevation_range
     if cfg.mode == "image":
         lo, hi = max(cfg.elevation + lo, -80.0), min(cfg.elevation + hi, 80.0)
+    else:  # a text prior knows objects as photographed: from eye level or above
+        hi = min(hi, p.oracle_max_elevation - p.oracle_ring_step)
     step = p.oracle_ring_step
     rings, e = [], lo - step
     while e <= hi + step + 1e-9:
@@ -307,8 +318,8 @@ def build_oracle(cfg, device="cpu", ref_image: Tensor | None = None) -> OraclePr
         library = [_cached_references(p.asset, **key)]  # a user file: a library of one asset
         target = library[0].name
     else:
-        library = [_cached_references(name, **key) for name in assets.ASSET_NAMES]
         target = p.asset or (assets.asset_for_prompt(cfg.prompt) if cfg.mode == "text" else "")
+        library = [_cached_references(name, **key) for name in assets.ASSET_NAMES]
     return OraclePrior(
         library, target, guidance_scale=p.guidance_scale if p.guidance_scale is not None else DEFAULT_GUIDANCE,
         t_min=p.t_min, t_max=p.t_max, t_schedule=p.t_schedule, view_dependent=p.view_dependent_prompt,
