@@ -212,3 +212,50 @@ def test_real_process_prints_one_line_and_exits_2(workdir):
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [res.stderr.strip()] and "the prompt is empty" in res.stderr
     assert "Traceback" not in res.stderr and not (workdir / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# dreamgs mesh SOURCE (stage 2 on a run folder or a .ply)
+
+
+@dataclass
+class MeshCase:
+    id: str
+    expect: str
+    source: str
+    argv: list[str] = field(default_factory=list)  # extra CLI arguments
+    overrides: list[str] = field(default_factory=list)
+    out: str | None = None
+
+
+MESH_TINY = ["device=cpu", "mesh.grid_resolution=16", "texture.size=32", "texture.bake_views=2",
+             "texture.bake_resolution=32", "export.video=false", "stage2.iters=1", "stage2.render_size=16"]
+MESH_CASES = [
+    MeshCase("glb-is-not-a-source", "expected a run folder or a 3DGS .ply file", "bad.glb"),
+    MeshCase("missing-ply", "file not found", "missing.ply"),
+    MeshCase("truncated-ply", "truncated", "truncated.ply"),
+    MeshCase("ply-missing-properties", "missing 3DGS vertex properties", "no_props.ply"),
+    MeshCase("folder-is-not-a-run", "not a dreamgs run folder", "a_dir.png"),
+    MeshCase("unknown-override", "unknown config key 'mesh.grid'", "gs.ply", overrides=["mesh.grid=3"]),
+    MeshCase("unknown-prior-for-refinement", "unknown kind 'nope'", "gs.ply",
+             overrides=["prompt=a mug", "prior.kind=nope"]),
+    MeshCase("out-under-a-file", "cannot be created: a_file is not a folder", "gs.ply", out="a_file/m"),
+]
+
+
+@pytest.mark.parametrize("case", MESH_CASES, ids=[c.id for c in MESH_CASES])
+def test_mesh_command(case, workdir, capsys):
+    from dreamgs.cli import COMMANDS
+    from dreamgs.pipeline import mesh_from
+
+    if "mesh" not in COMMANDS:
+        pytest.skip("no dreamgs mesh command")
+    argv = ["mesh", case.source, *MESH_TINY, *case.overrides, "--quiet"] + (["--out", case.out] if case.out else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dreamgs mesh: error: ")
+    _check_message(err, Case(case.id, case.expect))
+    with pytest.raises(DreamGSError) as e:
+        mesh_from(case.source, overrides=MESH_TINY + case.overrides, out_dir=case.out, progress=False)
+    _check_message(str(e.value), Case(case.id, case.expect))
+    assert sorted(p.name for p in workdir.iterdir()) == sorted(FILES), "a rejected run left files behind"

@@ -248,3 +248,81 @@ def test_batch_retry_resumes_from_the_checkpoint(reference, tmp_path, monkeypatc
     run = tmp_path / "outputs" / "jobs" / "mug"
     assert read_summary(run)["resumed_from"] == {"stage": "stage1", "step": 6}
     assert (run / "model.ply").read_bytes() == reference[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Stage 2: the boundary checkpoint, out of memory and non-finite steps in the texture refinement
+
+STAGE2 = ["stage2.enabled=true", "mesh.grid_resolution=32", "mesh.density_threshold=0.3", "texture.size=64",
+          "texture.bake_resolution=64", "texture.bake_views=6", "stage2.iters=4", "stage2.render_size=32"]
+OUTPUTS = ("model.ply", "model.glb", "model.obj", "model.mtl", "model_albedo.png")
+
+
+@pytest.fixture(scope="module")
+def reference2(tmp_path_factory):
+    """An uninterrupted run with a tiny stage 2: the bytes of its output files."""
+    run = tmp_path_factory.mktemp("ref2") / "run"
+    generate("a mug", overrides=TINY + STAGE2, seed=SEED, run_dir=run, progress=False)
+    return {name: (run / name).read_bytes() for name in OUTPUTS}
+
+
+def test_interrupted_in_stage2_resumes_there_with_the_same_outputs(reference2, tmp_path, monkeypatch):
+    import dreamgs.stage2
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(dreamgs.stage2, "refine_texture", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        generate("a mug", overrides=TINY + STAGE2, seed=SEED, run_dir=run, progress=False)
+    assert read_meta(run / CHECKPOINT_NAME)["stage"] == "stage2" and not (run / "model.glb").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(Stage1, "run", lambda *a, **k: pytest.fail("stage 1 ran again"))
+    torch.manual_seed(1)
+    res = resume_run(run, progress=False)
+    assert res.summary["resumed_from"] == {"stage": "stage2", "step": ITERS}
+    assert {name: (run / name).read_bytes() for name in OUTPUTS} == reference2
+
+
+def test_stage2_out_of_memory_names_its_settings(tmp_path, monkeypatch):
+    import dreamgs.stage2
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+    monkeypatch.setattr(dreamgs.stage2, "bake_from_gaussians", oom)
+    with pytest.raises(TrainingError) as err:
+        generate("a mug", overrides=TINY + STAGE2, seed=SEED, run_dir=tmp_path / "run", progress=False)
+    msg = str(err.value)
+    assert msg.startswith("out of memory in stage 2") and "\n" not in msg
+    for setting in ("stage2.render_size", "texture.bake_resolution", "mesh.grid_resolution", "dreamgs resume"):
+        assert setting in msg
+    assert read_meta(tmp_path / "run" / CHECKPOINT_NAME)["stage"] == "stage2"
+
+
+def _nan_refine_every(monkeypatch, k: int) -> None:
+    orig, calls = OraclePrior.refine, []
+
+    def refine(self, images, cams, strength, steps):
+        calls.append(1)
+        out = orig(self, images, cams, strength, steps)
+        return out * float("nan") if len(calls) % k == 0 else out
+    monkeypatch.setattr(OraclePrior, "refine", refine)
+
+
+def test_stage2_non_finite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
+    _nan_refine_every(monkeypatch, 2)
+    res = generate("a mug", overrides=TINY + STAGE2, seed=SEED, run_dir=tmp_path / "run", progress=False)
+    assert res.summary["bad_steps_by_stage"] == {"stage1": 0, "stage2": 2} and res.summary["bad_steps"] == 2
+    from dreamgs.mesh.io import load_mesh
+
+    assert torch.isfinite(load_mesh(tmp_path / "run" / "model.glb").texture).all()
+
+
+def test_stage2_divergence_stops_with_one_line_and_keeps_the_boundary_checkpoint(tmp_path, monkeypatch, capsys):
+    _nan_refine_every(monkeypatch, 1)
+    run = tmp_path / "run"
+    rc = main(["text", "a mug", *TINY, *STAGE2, "stage2.max_bad_steps=2", "--seed", str(SEED), "--run-dir", str(run),
+               "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "stage 2: 3 texture steps had a non-finite loss or gradient" in err and "stage2.max_bad_steps=2" in err
+    assert read_meta(run / CHECKPOINT_NAME)["stage"] == "stage2"
+    assert not (run / "summary.json").exists() and not (run / "model.glb").exists()
