@@ -96,6 +96,19 @@ def test_out_of_memory_names_the_settings_and_keeps_the_checkpoint(reference, tm
     assert (run / "model.ply").read_bytes() == reference[0]
 
 
+@pytest.mark.parametrize("exc, oom", [
+    (RuntimeError("CUDA error: out of memory"), True),
+    (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), True),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"), True),
+    (RuntimeError("shape mismatch"), False),
+])
+def test_out_of_memory_reported_as_runtime_error_is_recognised(tmp_path, monkeypatch, exc, oom):
+    _fail_at(monkeypatch, 1, exc)
+    with pytest.raises(TrainingError if oom else RuntimeError) as err:
+        generate("a mug", overrides=TINY, seed=SEED, run_dir=tmp_path / "run", progress=False)
+    assert str(err.value).startswith("out of memory in stage 1 at step 2") == oom
+
+
 def test_resume_with_a_smaller_render_size_is_recorded(tmp_path, monkeypatch):
     run = tmp_path / "run"
     _fail_at(monkeypatch, 4, MemoryError())

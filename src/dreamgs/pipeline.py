@@ -451,6 +451,16 @@ OOM_SETTINGS = {
 }
 
 
+def is_out_of_memory(e: BaseException) -> bool:
+    """Out-of-memory errors, including those that extensions and libraries report as RuntimeError
+    (cuBLAS/cuDNN allocation failures, the CPU allocator)."""
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(s in text for s in (
+        "out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED", "can't allocate memory"))
+
+
 def oom_message(phase: str, detail: str, run_dir: Path, checkpoint_kept: bool) -> str:
     """One line: where memory ran out (``phase`` is a key of :data:`OOM_SETTINGS`), which settings
     to lower, and how to continue."""
@@ -534,6 +544,10 @@ def _execute(run: _Run, ckpt, on_progress: ProgressFn | None, progress: bool, t_
                                              progress, stats=bad2))
         except (torch.OutOfMemoryError, MemoryError):
             out_of_memory = True  # raised below, outside this handler, so the failed frames are freed
+        except RuntimeError as e:
+            if not is_out_of_memory(e):
+                raise
+            out_of_memory = True
     if out_of_memory:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
