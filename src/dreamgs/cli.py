@@ -205,6 +205,63 @@ def _cmd_prep(args) -> int:
     return 0
 
 
+# --- info -----------------------------------------------------------------------------------------
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser(
+        "info", help="show the device, render backend and which prior weights are available offline",
+        description="Print the compute device, the render backend that backend=auto picks, which diffusion "
+                    "priors have their weights on this machine (the Hugging Face cache for the default model "
+                    "ids, and --model if given), and where weights are looked up. Never uses the network.")
+    p.add_argument("--model", metavar="ID_OR_DIR",
+                   help="also check this hub id (in the local cache) or local diffusers folder")
+
+
+def _cmd_info(args) -> int:
+    from .info import info_text
+
+    print(info_text(args.model))
+    return 0
+
+
+# --- app ------------------------------------------------------------------------------------------
+
+
+def _add_app(sub) -> None:
+    from .app import DEFAULT_HOST, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT, DEFAULT_WORKDIR
+
+    p = sub.add_parser(
+        "app", help="start the local web app (text→3D and image→3D in the browser)",
+        description="Start a Gradio web app for text→3D and image→3D with live progress, 3D viewers and "
+                    "downloads. Jobs from all browser tabs are queued and run one at a time. Everything the "
+                    "app writes stays in its work folder. It listens on 127.0.0.1 only, unless --host says "
+                    "otherwise (the app has no login: expose it only on networks you trust).")
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help=f"address to listen on (default: {DEFAULT_HOST}; 0.0.0.0 = every interface)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default: {DEFAULT_PORT})")
+    p.add_argument("--workdir", metavar="DIR", default=DEFAULT_WORKDIR,
+                   help=f"the app's work folder: runs/, uploads/ and cache/ (default: {DEFAULT_WORKDIR})")
+    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, metavar="MB",
+                   help=f"largest accepted upload in megabytes (default: {DEFAULT_MAX_UPLOAD_MB:g})")
+    _add_config_args(p)
+
+
+def _cmd_app(args) -> int:
+    from .app import AppSettings, launch_app
+    from .errors import InputError
+
+    if not 0 < args.port < 65536:
+        raise InputError(f"--port: expected a TCP port from 1 to 65535, got {args.port}")
+    settings = AppSettings(args.workdir, args.config, tuple(args.overrides), args.max_upload_mb)
+    settings.base_config("text"), settings.base_config("image")  # bad --config/overrides fail here
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"dreamgs app: warning: listening on {args.host}; the app has no login, so anyone who can reach "
+              "this address can run jobs", file=sys.stderr)
+    launch_app(settings, args.host, args.port)
+    return 0
+
+
 # --- batch ----------------------------------------------------------------------------------------
 
 
@@ -273,6 +330,8 @@ COMMANDS = {
     "mesh": (_add_mesh, _cmd_mesh),
     "fit": (_add_fit, _cmd_fit),
     "prep": (_add_prep, _cmd_prep),
+    "info": (_add_info, _cmd_info),
+    "app": (_add_app, _cmd_app),
     "batch": (_add_batch, _cmd_batch),
 }
 
@@ -292,7 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides (key=value) may follow options too: `dreamgs text "a mug" --prior oracle stage1.iters=50`.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 2

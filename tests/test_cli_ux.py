@@ -1,0 +1,164 @@
+"""CLI comfort: help for every option, --version, `dreamgs info`, overrides after options, and the
+missing-weights messages of `dreamgs text`/`image` (naming the model and the remedy)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from tiny_models import build_tiny_sd
+
+from dreamgs import __version__
+from dreamgs.cli import COMMANDS, build_parser, main
+from dreamgs.info import DEFAULT_MODELS, info_text, prior_status
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch):
+    """Offline, with an empty Hugging Face cache and no rembg model."""
+    from huggingface_hub import constants
+
+    hub = tmp_path / "hf" / "hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "u2net-empty"))
+    return hub
+
+
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def test_every_command_and_option_has_help(capsys):
+    parser = build_parser()
+    subs = subparsers(parser)
+    assert set(subs) == set(COMMANDS)
+    for name, sub in subs.items():
+        assert sub.description, f"{name} has no description"
+        for action in sub._actions:
+            assert action.help and action.help.strip(), f"dreamgs {name}: {action.option_strings or action.dest}"
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: dreamgs {name}")
+        for action in sub._actions:
+            for opt in action.option_strings:
+                assert opt in out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"dreamgs {__version__}"
+
+
+def test_overrides_may_follow_options(capsys):
+    # stage1.iters=0 is only rejected if the override reached the config.
+    assert main(["text", "a mug", "--prior", "oracle", "--quiet", "stage1.iters=0"]) == 2
+    assert "stage1.iters must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["text", "a mug", "--prior", "oracle", "stray"])
+    assert "unrecognized arguments: stray" in capsys.readouterr().err
+
+
+def test_info_without_weights_names_models_and_remedy(empty_cache, capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "device:" in out and "render backend:" in out and "torch" in out
+    assert "oracle          yes (built in)" in out
+    for kind, model in DEFAULT_MODELS.items():
+        line = next(ln for ln in out.splitlines() if ln.strip().startswith(kind + " "))
+        assert f"no: {kind} weights '{model}' not found: not in the Hugging Face cache ({empty_cache})" in line
+        assert "prior.model=/path/to/folder" in line and "HF_HOME" in line
+    assert f"hub cache:      {empty_cache}" in out
+    assert "rembg model:" in out and "(not found)" in out
+
+
+def _fake_hub_snapshot(hub, model_id, source):
+    """Lay out ``source`` as the cached snapshot of ``model_id`` (the hub cache's folder layout)."""
+    repo = hub / f"models--{model_id.replace('/', '--')}"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(source, repo / "snapshots" / commit)
+    return repo / "snapshots" / commit
+
+
+def test_info_finds_cached_and_local_weights(empty_cache, tmp_path, capsys):
+    folder = build_tiny_sd(tmp_path / "tiny-sd")
+    snap = _fake_hub_snapshot(empty_cache, DEFAULT_MODELS["sd"], folder)
+    status = prior_status("sd")
+    assert status.found and status.folder == snap
+    assert not prior_status("zero123").found
+    assert main(["info", "--model", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert f"sd              yes: {DEFAULT_MODELS['sd']} ({snap})" in out
+    assert f"--model {folder}:\n  usable as the sd prior ({folder})" in out
+
+
+def test_info_model_folder_that_is_not_usable(empty_cache, tmp_path):
+    text = info_text(str(tmp_path))
+    assert f"not usable: sd weights '{tmp_path}' not found: the folder has no 'tokenizer/' component" in text
+    assert f"not usable: zero123 weights '{tmp_path}' not found: the folder has no 'unet/' component" in text
+
+
+def test_text_with_sd_and_no_weights_names_model_and_remedy(empty_cache, tmp_path, capsys):
+    code = main(["text", "a ceramic mug", "--prior", "sd", "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("dreamgs text: error: sd weights 'stabilityai/stable-diffusion-2-1-base' not found")
+    assert "supply the weights with prior.model=/path/to/folder" in err and "HF_HOME" in err
+
+
+@pytest.mark.parametrize("kind, model", [("zero123", "ashawkey/zero123-xl-diffusers"),
+                                         ("stable-zero123", "ashawkey/stable-zero123-diffusers")])
+def test_image_with_zero123_and_no_weights_names_model_and_remedy(empty_cache, tmp_path, capsys, kind, model):
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[8:24, 8:24] = (90, 160, 220, 255)
+    Image.fromarray(rgba).save(tmp_path / "obj.png")
+    code = main(["image", str(tmp_path / "obj.png"), "--prior", kind, "--out", str(tmp_path / "out"), "--quiet",
+                 "stage1.ref_size=32"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"dreamgs image: error: {kind} weights '{model}' not found")
+    assert "supply the weights with prior.model=/path/to/folder" in err and "HF_HOME" in err
+
+
+def test_app_rejects_bad_port_and_config_before_starting(tmp_path, capsys):
+    assert main(["app", "--port", "70000", "--workdir", str(tmp_path / "w")]) == 2
+    assert "--port: expected a TCP port" in capsys.readouterr().err
+    assert main(["app", "--workdir", str(tmp_path / "w"), "stage1.iterz=3"]) == 2
+    assert "unknown config key 'stage1.iterz'" in capsys.readouterr().err
+    assert main(["app", "--workdir", str(tmp_path / "w"), "--max-upload-mb", "0"]) == 2
+    assert "--max-upload-mb" in capsys.readouterr().err
+
+
+def test_app_listens_on_loopback_unless_told(tmp_path, capsys):
+    args = build_parser().parse_args(["app"])
+    assert (args.host, args.port, args.workdir) == ("127.0.0.1", 7860, "outputs/app")
+
+
+def test_app_reports_a_busy_port(tmp_path, capsys, monkeypatch):
+    import socket
+    import tempfile
+
+    for var in ("TMPDIR", "GRADIO_TEMP_DIR", "GRADIO_ANALYTICS_ENABLED"):  # the app sets these for its process
+        monkeypatch.setenv(var, os.environ.get(var, ""))
+    monkeypatch.setattr(tempfile, "tempdir", tempfile.tempdir)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["app", "--port", str(port), "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert f"dreamgs app: error: cannot listen on 127.0.0.1:{port}" in err and "choose another --port" in err
