@@ -12,6 +12,7 @@ import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -43,6 +44,7 @@ class Case:
     out: str | None = None  # default: <tmp>/out
     run_dir: str | None = None  # --run-dir / run_dir=, instead of out
     skip: str | None = None
+    patch: Callable | None = None  # patch(monkeypatch): simulate a condition the test process cannot create
 
 
 def _png_with_size(path: Path, width: int, height: int) -> None:
@@ -93,11 +95,26 @@ def _files(d: Path) -> None:
     (d / "a_file").write_text("x")
 
 
+def _deny_reading(monkeypatch, name: str = "locked.png") -> None:
+    """Opening ``name`` fails with EACCES, as for a file without read permission (root reads anything)."""
+    import builtins
+
+    real_open = builtins.open
+
+    def guarded_open(file, *args, **kwargs):
+        if str(file).endswith(name):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+    monkeypatch.setattr(builtins, "open", guarded_open)
+
+
 CASES = [
     Case("missing-image", "input image not found", image="missing.png"),
     Case("image-is-a-directory", "is a directory", image="a_dir.png"),
     Case("unreadable-image", "Permission denied", image="locked.png",
          skip="root can read any file" if IS_ROOT else None),
+    Case("unreadable-image-simulated", "cannot read image (Permission denied)", image="locked.png",
+         patch=_deny_reading),
     Case("not-an-image", "not an image file", image="text.png"),
     Case("zero-byte-image", "empty file (0 bytes)", image="zero.png"),
     Case("truncated-image", "corrupt or truncated", image="truncated.png"),
@@ -169,9 +186,11 @@ def _argv(case: Case, debug: bool = False) -> list[str]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_cli(case, workdir, capsys):
+def test_cli(case, workdir, capsys, monkeypatch):
     if case.skip:
         pytest.skip(case.skip)
+    if case.patch:
+        case.patch(monkeypatch)
     rc = main(_argv(case))
     captured = capsys.readouterr()
     assert rc == 2
@@ -183,9 +202,11 @@ def test_cli(case, workdir, capsys):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_python_api(case, workdir):
+def test_python_api(case, workdir, monkeypatch):
     if case.skip:
         pytest.skip(case.skip)
+    if case.patch:
+        case.patch(monkeypatch)
     with pytest.raises(DreamGSError) as err:
         generate(None if case.image else case.prompt, image=case.image, config=case.config,
                  overrides=_overrides(case), output_dir=case.out or "out", run_dir=case.run_dir, progress=False)
