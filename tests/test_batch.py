@@ -205,6 +205,11 @@ def test_fresh_attempt_removes_a_stale_summary_and_reports_the_error(tmp_path, m
     assert cfg.seed == 2 and cfg.device == "auto"  # the caller's config is not modified
 
 
+def _fake_checkpoint_probe(run_dir) -> bool:
+    """Stands in for pipeline.has_checkpoint, which reads real checkpoint headers."""
+    return (Path(run_dir) / "checkpoint.pt").is_file()
+
+
 def test_resume_hook_is_used_when_the_pipeline_has_one_and_a_checkpoint_exists(tmp_path, monkeypatch):
     path = write_jobs(tmp_path, [{"name": "r", "prompt": "a mug", "seed": 5}, {"name": "f", "prompt": "a die"}],
                       overrides=TINY)
@@ -231,6 +236,7 @@ def test_resume_hook_is_used_when_the_pipeline_has_one_and_a_checkpoint_exists(t
         return finish(Path(run_dir))
 
     monkeypatch.setattr(pipeline, "resume_run", resume_run, raising=False)
+    monkeypatch.setattr(pipeline, "has_checkpoint", _fake_checkpoint_probe, raising=False)
     monkeypatch.setattr(pipeline, "generate", generate)
     report = run_batch(path, local=True, progress=False, log=lambda m: None)
     assert report.records["r"]["status"] == "done" and report.records["r"]["resumed"] is True
@@ -260,6 +266,7 @@ def test_a_failed_resume_is_retried_from_scratch(tmp_path, monkeypatch):
         return RunResult(run_dir, 5, {"ply": run_dir / "model.ply"})
 
     monkeypatch.setattr(pipeline, "resume_run", resume_run, raising=False)
+    monkeypatch.setattr(pipeline, "has_checkpoint", _fake_checkpoint_probe, raising=False)
     monkeypatch.setattr(pipeline, "generate", generate)
     report = run_batch(path, local=True, retries=2, progress=False, log=lambda m: None)
     recs = read_manifest(report.manifest)

@@ -92,6 +92,33 @@ def _cmd_image(args) -> int:
     return _run_generation(args, image=args.image)
 
 
+# --- resume ---------------------------------------------------------------------------------------
+
+
+def _add_resume(sub) -> None:
+    p = sub.add_parser(
+        "resume", help="continue an interrupted text/image run from its checkpoint",
+        description="Continue a run that stopped (killed, out of memory, diverged) from the checkpoint.safetensors in "
+                    "its run folder, with the run's own config and seed. On the CPU with stage1.deterministic=true "
+                    "the result equals an uninterrupted run's bit for bit. Overrides may change only where the run "
+                    "happens and memory-related sizes (device, backend, stage1.batch_size, stage1.render_sizes, "
+                    "stage1.size_milestones, densify.max_gaussians, ...) and the stage2/mesh/texture/export sections.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (holds checkpoint.safetensors)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="allowed changes, e.g. stage1.render_sizes=[128]")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _cmd_resume(args) -> int:
+    from .pipeline import resume_run
+
+    result = resume_run(args.run_dir, args.overrides, progress=not args.quiet)
+    start = result.summary.get("resumed_from", {})
+    files = ", ".join(str(p) for p in result.files.values())
+    print(f"resumed at {start.get('stage')} step {start.get('step')}; done in {result.summary.get('total_s', 0):.1f} s "
+          f"(seed {result.seed}); wrote {files}")
+    return 0
+
+
 # --- mesh -----------------------------------------------------------------------------------------
 
 
@@ -299,6 +326,7 @@ def _cmd_batch(args) -> int:
 COMMANDS = {
     "text": (_add_text, _cmd_text),
     "image": (_add_image, _cmd_image),
+    "resume": (_add_resume, _cmd_resume),
     "mesh": (_add_mesh, _cmd_mesh),
     "fit": (_add_fit, _cmd_fit),
     "prep": (_add_prep, _cmd_prep),

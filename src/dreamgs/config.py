@@ -102,9 +102,9 @@ class Stage1Config:
     ref_size: int = 256
     warmup_fraction: float = 1.0  # reference-loss warm-up over this fraction of training
     ref_every: int = 1  # image mode: reference loss every n steps
-    checkpoint_every: int = 100
+    checkpoint_every: int = 100  # stage-1 steps between checkpoints; 0: only when stage 1 ends
     max_bad_steps: int = 20  # non-finite steps tolerated before giving up
-    deterministic: bool = False
+    deterministic: bool = False  # torch.use_deterministic_algorithms during the run
 
 
 @dataclass
@@ -140,6 +140,7 @@ class Stage2Config:
     noise_end: float = 0.05  # ... falling to this at the last (the refinement trusts the render more)
     refine_steps: int = 5  # DDIM steps back from the noised render
     lambda_ref: float = 10.0  # image mode: reference-view colour loss
+    max_bad_steps: int = 10  # non-finite steps tolerated before giving up
 
 
 @dataclass
@@ -384,6 +385,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("stage1.render_sizes must be a non-empty list of sizes >= 8")
     if len(cfg.stage1.size_milestones) != len(cfg.stage1.render_sizes) - 1:
         raise ConfigError("stage1.size_milestones needs one entry fewer than stage1.render_sizes")
+    if cfg.stage1.checkpoint_every < 0:
+        raise ConfigError("stage1.checkpoint_every must be >= 0 (0 = only at the end of stage 1)")
+    if cfg.stage1.max_bad_steps < 0 or cfg.stage2.max_bad_steps < 0:
+        raise ConfigError("stage1.max_bad_steps and stage2.max_bad_steps must be >= 0")
     if cfg.gaussians.num_points < 1:
         raise ConfigError("gaussians.num_points must be at least 1")
     if not 0 <= cfg.gaussians.sh_degree <= 3:

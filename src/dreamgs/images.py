@@ -62,6 +62,8 @@ def open_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
                          "(8192x8192); downscale it first") from None
     except OSError as e:
         raise InputError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    except Exception as e:  # Pillow's format plugins raise ValueError, SyntaxError, struct.error, ... on bad headers
+        raise InputError(f"{path}: {what} header is corrupt ({type(e).__name__}: {e})") from None
     decoded = None
     try:
         _check_header(path, img, what)

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .cameras import Cameras, make_cameras, sample_cameras
 from .config import Config
+from .errors import ConfigError
 from .fit import reference_loss
 from .gaussians import GaussianModel
 from .priors.base import Prior
@@ -65,7 +66,17 @@ def sample_training_cameras(cfg: Config, n: int, size: int, device, generator: t
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: unknown device '{name}' (expected auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"device: '{name}' is not available here ({torch.cuda.device_count()} CUDA devices); "
+                          "use device=cpu or device=auto")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device: unsupported device type '{device.type}' (expected cpu or cuda)")
+    return device
 
 
 class Stage1:

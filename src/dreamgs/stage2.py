@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from .cameras import sphere_views
 from .config import Config
+from .errors import TrainingError
 from .gaussians import GaussianModel
 from .mesh import Mesh
 from .priors.base import Prior
@@ -51,8 +52,13 @@ def noise_level(cfg: Config, step: int) -> float:
 
 
 def refine_texture(mesh: Mesh, prior: Prior, cfg: Config, ref=None, generator: torch.Generator | None = None,
-                   progress: bool = True, callback: Callable[[int, float], None] | None = None) -> Mesh:
-    """Optimise the texture of ``mesh`` against prior-refined renders; returns the new mesh."""
+                   progress: bool = True, callback: Callable[[int, float], None] | None = None,
+                   stats: dict | None = None) -> Mesh:
+    """Optimise the texture of ``mesh`` against prior-refined renders; returns the new mesh.
+
+    A step whose loss or texture gradient is not finite is skipped and counted in
+    ``stats["bad_steps"]``; more than ``stage2.max_bad_steps`` of them raise :class:`TrainingError`.
+    """
     from .mesh.raster import render_mesh
     from .stage1 import sample_training_cameras
 
@@ -62,6 +68,8 @@ def refine_texture(mesh: Mesh, prior: Prior, cfg: Config, ref=None, generator: t
     logits = torch.logit(tex).detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=s2.lr)
     gen = generator or torch.Generator().manual_seed(int(cfg.seed or 0))
+    stats = {} if stats is None else stats
+    stats["bad_steps"] = 0
     bar = tqdm(range(s2.iters), desc="stage 2", disable=None if progress else True, dynamic_ncols=True)
     for step in bar:
         textured = mesh.with_texture(torch.sigmoid(logits))
@@ -79,8 +87,18 @@ def refine_texture(mesh: Mesh, prior: Prior, cfg: Config, ref=None, generator: t
             gt = ref.rgba[..., :3] * a + (1 - a)
             loss = loss + s2.lambda_ref * F.mse_loss(r.rgb[0] * a, gt * a)  # colour where the input shows the object
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        ok = bool(torch.isfinite(loss.detach()))
+        if ok:
+            loss.backward()
+            ok = logits.grad is None or bool(torch.isfinite(logits.grad).all())
+        if not ok:
+            opt.zero_grad(set_to_none=True)
+            stats["bad_steps"] += 1
+            if stats["bad_steps"] > s2.max_bad_steps:
+                raise TrainingError(f"stage 2: {stats['bad_steps']} texture steps had a non-finite loss or gradient "
+                                    f"(limit stage2.max_bad_steps={s2.max_bad_steps}); the refinement diverged")
+        else:
+            opt.step()
         if callback is not None:
             callback(step + 1, float(loss.detach()))
         bar.set_postfix(loss=f"{loss.item():.4g}")
@@ -89,8 +107,10 @@ def refine_texture(mesh: Mesh, prior: Prior, cfg: Config, ref=None, generator: t
 
 def run_stage2(model: GaussianModel, prior: Prior | None, cfg: Config, ref=None, progress: bool = True,
                timings: dict[str, float] | None = None,
-               callback: Callable[[int, float], None] | None = None) -> Mesh:
-    """Gaussians -> extracted, unwrapped, baked and (if ``prior``) refined textured mesh."""
+               callback: Callable[[int, float], None] | None = None, stats: dict | None = None) -> Mesh:
+    """Gaussians -> extracted, unwrapped, baked and (if ``prior``) refined textured mesh.
+
+    ``stats`` (optional) receives ``bad_steps``: skipped non-finite texture steps."""
     from .mesh.extract import extract_mesh
     from .mesh.texture import unwrap
 
@@ -103,7 +123,7 @@ def run_stage2(model: GaussianModel, prior: Prior | None, cfg: Config, ref=None,
     mesh = mesh.with_texture(bake_from_gaussians(model, mesh, cfg))
     t = _lap(timings, "bake", t)
     if prior is not None and cfg.stage2.iters > 0:
-        mesh = refine_texture(mesh, prior, cfg, ref, progress=progress, callback=callback)
+        mesh = refine_texture(mesh, prior, cfg, ref, progress=progress, callback=callback, stats=stats)
         _lap(timings, "refine", t)
     return mesh
 

@@ -101,8 +101,10 @@ class GaussianTrainer:
             g["lr"] = state["lrs"][g["name"]]
             st = state["optimizer"].get(g["name"])
             if st:
-                self.optimizer.state[g["params"][0]] = {k: (v.to(dev) if torch.is_tensor(v) and v.dim() > 0 else v)
-                                                        for k, v in st.items()}
+                # Adam keeps its scalar step on the CPU, except fused/capturable Adam (on the device).
+                on_dev = bool(g.get("fused") or g.get("capturable"))
+                self.optimizer.state[g["params"][0]] = {
+                    k: (v.to(dev) if torch.is_tensor(v) and (v.dim() > 0 or on_dev) else v) for k, v in st.items()}
         self.stats = DensifyStats(state["stats"]["grad_sum"].to(dev), state["stats"]["count"].to(dev))
         self.generator.set_state(state["generator"])
         self.step_count = state["step"]

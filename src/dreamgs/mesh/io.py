@@ -157,7 +157,22 @@ def load_mesh(path) -> Mesh:
     meshes = [g for g in geoms if isinstance(g, trimesh.Trimesh) and len(g.faces) > 0]
     if not meshes:
         raise InputError(f"{p}: contains no triangle faces (not a mesh)")
-    return _combine([_piece(g) for g in meshes])
+    pieces = [_piece(g) for g in meshes]
+    for piece in pieces:
+        _check_piece(p, piece)
+    return _combine(pieces)
+
+
+def _check_piece(path: Path, piece: dict) -> None:
+    """Indices in range and finite values: trimesh passes damaged files' data through unchecked."""
+    verts, faces = piece["vertices"], piece["faces"]
+    if faces.min() < 0 or faces.max() >= len(verts):
+        raise InputError(f"{path}: face indices outside 0..{len(verts) - 1} (damaged file)")
+    if not np.isfinite(verts).all():
+        raise InputError(f"{path}: non-finite vertex positions")
+    for key in ("uv", "vertex_colors", "texture"):
+        if key in piece and not np.isfinite(piece[key]).all():
+            raise InputError(f"{path}: non-finite values in its {key.replace('_', ' ')}")
 
 
 def normalize_mesh(mesh: Mesh, radius: float = 0.5) -> Mesh:
