@@ -72,7 +72,7 @@ class PriorConfig:
     kind: str = "sd"  # sd | zero123 | stable-zero123 | oracle
     model: str = ""  # hub id or local folder; empty picks the default for the kind
     asset: str = ""  # oracle: built-in asset name or a path to .obj/.glb/.ply ("" = from prompt)
-    guidance_scale: float | None = None  # None = the prior's default (SD 100, Zero123 5, oracle 5)
+    guidance_scale: float | None = None  # None = the prior's default (SD 100, Zero123 5, oracle 2)
     t_min: float = 0.02
     t_max: float = 0.98
     t_schedule: str = "anneal"  # anneal | random
@@ -86,7 +86,7 @@ class PriorConfig:
     oracle_ring_step: float = 15.0  # degrees between reference rings
     oracle_max_elevation: float = 0.0  # text mode: highest reference ring (0 = eye level; + is below)
     oracle_resolution: int = 64
-    oracle_camera_sigma: float = 0.35  # oracle: camera-kernel width (radians) for image conditioning
+    oracle_camera_sigma: float = 0.1  # oracle: camera-kernel width (radians) for image conditioning
 
 
 @dataclass

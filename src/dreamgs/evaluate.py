@@ -19,19 +19,31 @@ def heldout_cameras(radius: float, fovy: float, size: int, device="cpu") -> Came
     return make_cameras(list(HELDOUT_ELEVATIONS), list(HELDOUT_AZIMUTHS), radius, fovy, size, device=device)
 
 
+SSAA = 4  # scores compare antialiased images: rendered at 4x the size, then box-filtered
+
+
+def _downsample(img: torch.Tensor, factor: int) -> torch.Tensor:
+    if factor == 1:
+        return img
+    x = img.permute(0, 3, 1, 2)
+    return torch.nn.functional.avg_pool2d(x, factor).permute(0, 2, 3, 1)
+
+
 @torch.no_grad()
-def asset_views(mesh, cams: Cameras) -> torch.Tensor:
-    """Ground-truth renders (C, H, W, 3) of a textured mesh over white."""
+def asset_views(mesh, cams: Cameras, ssaa: int = SSAA) -> torch.Tensor:
+    """Ground-truth renders (C, H, W, 3) of a textured mesh over white, antialiased."""
     from .mesh.raster import render_mesh
 
-    return render_mesh(mesh, cams.to(mesh.device), background=torch.ones(3, device=mesh.device)).rgb
+    return render_mesh(mesh, cams.to(mesh.device), background=torch.ones(3, device=mesh.device), ssaa=ssaa).rgb
 
 
 @torch.no_grad()
-def gaussian_views(model, cams: Cameras) -> torch.Tensor:
+def gaussian_views(model, cams: Cameras, ssaa: int = SSAA) -> torch.Tensor:
+    """Renders (C, H, W, 3) of Gaussians over white, antialiased like :func:`asset_views`."""
     from .render import render
 
-    return render(model, cams.to(model.device), background=torch.ones(3, device=model.device)).rgb
+    big = cams.resized(cams.width * ssaa, cams.height * ssaa).to(model.device)
+    return _downsample(render(model, big, background=torch.ones(3, device=model.device)).rgb, ssaa)
 
 
 def psnr_per_view(pred: torch.Tensor, gt: torch.Tensor) -> list[float]:
