@@ -344,3 +344,20 @@ def test_cli_prep_errors(tmp_path, capsys):
     assert "must be a .png" in capsys.readouterr().err
     assert main(["prep", str(tmp_path / "nope.png")]) == 2
     assert "file not found" in capsys.readouterr().err
+
+
+def test_input_view_keeps_the_framing_of_rgba_images_and_pads_to_square():
+    from dreamgs.images import input_view
+
+    img = np.zeros((100, 200, 4), np.float32)
+    img[10:30, 150:190] = (0.2, 0.4, 0.8, 1.0)  # an object near the top right
+    out = input_view(img, size=100)
+    assert out.shape == (100, 100, 4)
+    ys, xs = np.nonzero(out[..., 3] > 0.5)
+    # Scale 0.5 (the long side 200 -> 100), the canvas centre stays the image centre.
+    assert abs(xs.min() - 75) <= 1 and abs(xs.max() - 94) <= 1
+    assert abs(ys.min() - (25 + 5)) <= 1 and abs(ys.max() - (25 + 14)) <= 1
+    np.testing.assert_allclose(out[ys, xs, :3].mean(0), (0.2, 0.4, 0.8), atol=0.02)
+    recentred = input_view(img, size=100, recenter=True)
+    ys, xs = np.nonzero(recentred[..., 3] > 0.5)
+    assert abs((xs.min() + xs.max()) / 2 - 49.5) <= 1  # prep behaviour on request

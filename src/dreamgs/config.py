@@ -178,6 +178,7 @@ class Config:
     negative_prompt: str = ""
     image: str = ""
     elevation: float = 0.0  # elevation of the input view in image mode, degrees
+    image_recenter: bool = False  # image mode: recentre/rescale the object (as `dreamgs prep` does)
     seed: int | None = None
     output_dir: str = "outputs"
     run_name: str = ""

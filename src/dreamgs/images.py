@@ -310,6 +310,32 @@ def preprocess(image, size: int = 256, border_ratio: float = 0.2, mask=None) -> 
     return np.concatenate([np.where(alpha > 0, color, 0.0), alpha], axis=-1).astype(np.float32)
 
 
+def input_view(image, size: int = 256, recenter: bool = False, border_ratio: float = 0.2, mask=None) -> np.ndarray:
+    """The image-to-3D input view, RGBA (size, size, 4) float32.
+
+    An image with transparency is used as framed (centred on a square canvas and resized), the
+    way the reference implementation reads its ``*_rgba.png`` inputs, so a render of a known
+    asset keeps its scale; ``recenter`` (or an image without alpha, or a mask) goes through
+    :func:`preprocess` instead: cut out, centred, scaled to ``border_ratio``.
+    """
+    if recenter or mask is not None:
+        return preprocess(image, size=size, border_ratio=border_ratio, mask=mask)
+    rgba = load_rgba(image) if isinstance(image, (str, os.PathLike)) else _as_float_image(image, "image")
+    if rgba.shape[-1] != 4 or rgba[..., 3].min() >= 1.0:
+        return preprocess(image, size=size, border_ratio=border_ratio)
+    if object_bbox(rgba[..., 3], threshold=1e-6) is None:
+        raise InputError(f"{image if isinstance(image, (str, os.PathLike)) else 'image'}: "
+                         "the alpha channel or mask is empty (no object pixels)")
+    H, W = rgba.shape[:2]
+    alpha = rgba[..., 3:4]
+    premult = np.concatenate([rgba[..., :3] * alpha, alpha], axis=-1).astype(np.float32)
+    out = _resample_to_canvas(premult, W / 2.0, H / 2.0, size / max(H, W), size)
+    raw = out[..., 3:]
+    color = np.where(raw > 1e-6, np.clip(out[..., :3] / np.maximum(raw, 1e-6), 0.0, 1.0), 0.0)
+    alpha = np.clip(raw, 0.0, 1.0)
+    return np.concatenate([np.where(alpha > 0, color, 0.0), alpha], axis=-1).astype(np.float32)
+
+
 def prep_output_path(image: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """``out``, or ``<stem>_rgba.png`` next to ``image``; never the input file itself."""
     image = Path(image)

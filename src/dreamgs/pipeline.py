@@ -348,9 +348,9 @@ def generate(prompt: str | None = None, *, image: str | Path | None = None,
     seed_everything(seed)
     rgba = None
     if cfg.mode == "image":
-        from .images import preprocess
+        from .images import input_view
 
-        rgba = torch.as_tensor(preprocess(cfg.image, size=cfg.stage1.ref_size)).float()
+        rgba = torch.as_tensor(input_view(cfg.image, size=cfg.stage1.ref_size, recenter=cfg.image_recenter)).float()
     t0 = time.perf_counter()
     ref, ref_image = _reference(rgba, cfg, device)
     prior = load_prior(cfg, device, ref_image)
