@@ -37,10 +37,12 @@ from dreamgs.pipeline import generate  # noqa: E402
 IMAGE = ROOT / "examples" / "images" / "anya_rgba.png"
 
 VARIANTS = {
-    "baseline": ["prior.dtype=fp16", "prior.channels_last=false", "prior.compile=false", "gaussians.fused_adam=false"],
-    "fast": ["prior.dtype=fp16", "prior.channels_last=true", "gaussians.fused_adam=true"],
-    "fast-bf16": ["prior.dtype=bf16", "prior.channels_last=true", "gaussians.fused_adam=true"],
-    "fast-compile": ["prior.dtype=fp16", "prior.channels_last=true", "prior.compile=true", "gaussians.fused_adam=true"],
+    "baseline": ["prior.dtype=fp16", "prior.channels_last=false", "prior.compile=false", "prior.cuda_graphs=false",
+                 "gaussians.fused_adam=false"],
+    "fast": ["prior.dtype=fp16", "prior.channels_last=true", "prior.cuda_graphs=true", "gaussians.fused_adam=true"],
+    "fast-nographs": ["prior.dtype=fp16", "prior.channels_last=true", "prior.cuda_graphs=false",
+                      "gaussians.fused_adam=true"],
+    "fast-bf16": ["prior.dtype=bf16", "prior.channels_last=true", "prior.cuda_graphs=true", "gaussians.fused_adam=true"],
 }
 
 
@@ -126,7 +128,7 @@ def phases(mode: str, variant: str, models, args, run_dir: Path) -> dict:
     from dreamgs.render import render
     from dreamgs.stage1 import make_reference
 
-    ov = mode_overrides(mode, models, args.iters, args.stage2_iters) + VARIANTS[variant]
+    ov = mode_overrides(mode, models, args.iters, args.stage2_iters) + VARIANTS[variant] + args.override
     cfg = load_config(mode, None, ov + (["prompt=a ceramic mug"] if mode == "text" else []))
     ref_image = None
     if mode == "image":
@@ -158,7 +160,11 @@ def phases(mode: str, variant: str, models, args, run_dir: Path) -> dict:
         lat = prior.encode_images(images)
     cond = prior.condition(cams, len(cams))
     x_t = torch.randn_like(lat)
-    out["unet_cfg"] = cuda_time(lambda: prior.guided_eps(x_t, 500, cond))
+
+    def unet_cfg():
+        with torch.no_grad():
+            prior.guided_eps(x_t, 500, cond)
+    out["unet_cfg"] = cuda_time(unet_cfg)
     opt = make_optimizer(model, cfg.gaussians)
     for p in model.params.values():
         p.grad = torch.randn_like(p) * 1e-3
@@ -168,7 +174,7 @@ def phases(mode: str, variant: str, models, args, run_dir: Path) -> dict:
     def densify():
         m = load_ply(run_dir / "model.ply", device=DEVICE)
         o = make_optimizer(m, cfg.gaussians)
-        torch.cuda.synchronize()
+        sync()
         densify_and_prune(m, o, stats, cfg.densify)
     out["densify"] = cuda_time(densify, 1, 3)
     with torch.no_grad(), FlopCounterMode(display=False) as fc_unet:

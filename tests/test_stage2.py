@@ -1,7 +1,8 @@
 """Stage 2 end to end on Gaussians fitted to a known asset: geometry against the true shape,
-the baked and refined texture against the true asset, and the `dreamgs mesh` command."""
+the baked and refined texture against the true asset, and the `dreamgs mesh` command. ``DREAMGS_TEST_DEVICE=cuda`` runs them on a GPU (see test_quality.py)."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -19,7 +20,8 @@ from dreamgs.mesh.raster import render_mesh
 from dreamgs.priors import load_prior
 from dreamgs.stage2 import run_stage2
 
-CFG = ["device=cpu", "backend=torch", "prior.kind=oracle", "seed=0", "prompt=a house", "fit.iters=300",
+DEVICE = os.environ.get("DREAMGS_TEST_DEVICE", "cpu")
+CFG = [f"device={DEVICE}", f"backend={'torch' if DEVICE == 'cpu' else 'auto'}", "prior.kind=oracle", "seed=0", "prompt=a house", "fit.iters=300",
        "texture.size=512", "texture.bake_resolution=256", "stage2.render_size=64", "stage2.iters=20",
        "stage2.batch_size=4", "mesh.target_faces=20000"]
 
@@ -46,7 +48,7 @@ def test_extracted_geometry_is_within_1_5_percent_and_watertight(fitted):
 
 def test_baked_and_refined_texture_reaches_24db_at_128(fitted):
     cfg, house, model = fitted
-    prior = load_prior(cfg, "cpu")
+    prior = load_prior(cfg, DEVICE)
     timings = {}
     mesh = run_stage2(model, prior, cfg, progress=False, timings=timings)
     assert {"extract", "unwrap", "bake", "refine"} <= set(timings)
@@ -61,11 +63,11 @@ def test_mesh_command_on_a_foreign_ply_keeps_its_frame(fitted, tmp_path):
     cfg, house, model = fitted
     # The same Gaussians in another frame: scaled by 3 and moved, as a scene from another tool.
     p = {k: v.clone() for k, v in model.params.items()}
-    p["means"] = p["means"] * 3.0 + torch.tensor([5.0, -2.0, 1.0])
+    p["means"] = p["means"] * 3.0 + torch.tensor([5.0, -2.0, 1.0], device=p["means"].device)
     p["scales"] = p["scales"] + math.log(3.0)
     save_ply(GaussianModel(p), tmp_path / "scene.ply")
     rc = main(["mesh", str(tmp_path / "scene.ply"), "--quiet", "mesh.target_faces=5000", "mesh.grid_resolution=96",
-               "texture.size=256", "texture.bake_resolution=128", "export.video=false", "device=cpu"])
+               "texture.size=256", "texture.bake_resolution=128", "export.video=false", f"device={DEVICE}"])
     assert rc == 0
     out = tmp_path / "scene_mesh"
     glb = trimesh.load(out / "model.glb", force="mesh")
@@ -82,7 +84,7 @@ def test_mesh_command_on_a_run_folder_writes_into_it(tmp_path):
 
     ov = ["prior.kind=oracle", "stage1.iters=20", "stage1.render_sizes=[32]", "stage1.size_milestones=[]",
           "gaussians.num_points=500", "prior.oracle_azimuths=12", "stage2.enabled=false", "export.video=false",
-          "device=cpu", "seed=1"]
+          f"device={DEVICE}", "seed=1"]
     generate("a die", overrides=ov, run_dir=tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "model.glb").exists()
     rc = main(["mesh", str(tmp_path / "run"), "--quiet", "mesh.grid_resolution=48", "mesh.density_threshold=0.2", "texture.size=128",

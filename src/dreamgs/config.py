@@ -79,6 +79,7 @@ class PriorConfig:
     dtype: str = "auto"  # auto | fp32 | fp16 | bf16
     channels_last: bool = True  # CUDA: channels-last UNet/VAE
     compile: bool = False  # CUDA: torch.compile the UNet (pays off over long runs)
+    cuda_graphs: bool = False  # CUDA: replay the UNet call and the VAE encoder from CUDA graphs
     view_dependent_prompt: bool = True
     resolution: int = 0  # 0 = the prior's native resolution
     oracle_azimuths: int = 72  # oracle: reference views per elevation ring

@@ -113,7 +113,7 @@ class Stage1:
         loss_sds = self.prior.sds(out.images(), cams, progress)
         loss = s1.lambda_sds * loss_sds
         renders = [out]
-        info = {"sds": float(loss_sds.detach())}
+        report = {"sds": loss_sds}
         if self.ref is not None and step % max(1, s1.ref_every) == 0:
             warm = min(1.0, (step + 1) / max(1.0, s1.warmup_fraction * s1.iters))
             white3 = torch.ones(1, 3, device=self.device)
@@ -121,10 +121,10 @@ class Stage1:
             l_rgb, l_mask = reference_loss(ref_out, self.ref.rgba[None], white3)
             loss = loss + warm * (s1.lambda_rgb * l_rgb + s1.lambda_mask * l_mask)
             renders.append(ref_out)
-            info.update(rgb=float(l_rgb.detach()), mask=float(l_mask.detach()))
-        ok = self.trainer.step(loss, renders)
-        info["loss"] = float(loss.detach())
-        self.last = info
+            report.update(rgb=l_rgb, mask=l_mask)
+        report["loss"] = loss
+        ok = self.trainer.step(loss, renders, report)
+        self.last = dict(self.trainer.last_report)
         return ok
 
     def run(self, callback: Callable[["Stage1"], None] | None = None, progress: bool = True) -> GaussianModel:

@@ -87,10 +87,9 @@ def refine_texture(mesh: Mesh, prior: Prior, cfg: Config, ref=None, generator: t
             gt = ref.rgba[..., :3] * a + (1 - a)
             loss = loss + s2.lambda_ref * F.mse_loss(r.rgb[0] * a, gt * a)  # colour where the input shows the object
         opt.zero_grad(set_to_none=True)
-        ok = bool(torch.isfinite(loss.detach()))
-        if ok:
-            loss.backward()
-            ok = logits.grad is None or bool(torch.isfinite(logits.grad).all())
+        loss.backward()
+        finite = torch.isfinite(loss.detach()) & torch.isfinite(logits.grad).all()
+        ok, loss_value = torch.stack([finite.to(loss.dtype), loss.detach()]).tolist()  # one wait for the device
         if not ok:
             opt.zero_grad(set_to_none=True)
             stats["bad_steps"] += 1
@@ -100,8 +99,8 @@ def refine_texture(mesh: Mesh, prior: Prior, cfg: Config, ref=None, generator: t
         else:
             opt.step()
         if callback is not None:
-            callback(step + 1, float(loss.detach()))
-        bar.set_postfix(loss=f"{loss.item():.4g}")
+            callback(step + 1, loss_value)
+        bar.set_postfix(loss=f"{loss_value:.4g}")
     return mesh.with_texture(torch.sigmoid(logits).detach())
 
 

@@ -33,19 +33,27 @@ class GaussianTrainer:
         self.bad_steps = 0
         self.max_bad_steps = max_bad_steps
         self.last_densify: dict[str, int] = {}
+        self.last_report: dict[str, float] = {}
         update_learning_rate(self.optimizer, 0, gcfg, spatial_scale)
 
-    def step(self, loss: Tensor, renders: list[RenderOutput]) -> bool:
+    def step(self, loss: Tensor, renders: list[RenderOutput], report: dict[str, Tensor] | None = None) -> bool:
         """Backpropagate ``loss``, update the parameters and densify on schedule.
 
         Returns False (and changes nothing) when the loss or a gradient is not finite; after
-        ``max_bad_steps`` such steps a :class:`TrainingError` is raised.
+        ``max_bad_steps`` such steps a :class:`TrainingError` is raised. ``report``: scalar
+        tensors (losses) read back to the host together with the finiteness check, into
+        :attr:`last_report` as floats, so a step waits for the device once.
         """
         self.optimizer.zero_grad(set_to_none=True)
-        ok = bool(torch.isfinite(loss))
-        if ok:
+        if loss.requires_grad:
             loss.backward()
-            ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.model.params.values())
+        flags = [torch.isfinite(loss.detach()).all()]
+        flags += [torch.isfinite(p.grad).all() for p in self.model.params.values() if p.grad is not None]
+        names = list(report or {})
+        values = torch.stack([torch.stack(flags).all().to(loss.dtype)]
+                             + [report[k].detach().to(loss.device, loss.dtype).reshape(()) for k in names])
+        ok, *vals = values.tolist()
+        self.last_report = dict(zip(names, vals))
         if not ok:
             self.optimizer.zero_grad(set_to_none=True)
             self.bad_steps += 1

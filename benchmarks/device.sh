@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The GPU checks, as run on the device machine (docs/benchmarks.md records each result):
+#
+#     bash benchmarks/device.sh STEP [STEP ...]
+#
+# Steps: env, gsplat (JIT-compile gsplat's CUDA code), render, quality, models, prior, mesh,
+# pipeline, resume, turntable. Each step's output goes to $OUT/<step>.log (default OUT=/tmp/out).
+# The machine has torch but not our other dependencies: they travel as wheels in .whl/ (not
+# committed; docs/benchmarks.md lists them) and are installed into /tmp/site once per machine.
+# The random-weight full-size models are built once per machine into /tmp/models.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+if [ ! -f /tmp/site/.done ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && touch /tmp/site/.done || { echo "wheel install failed"; exit 1; }
+fi
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 \
+    TORCH_EXTENSIONS_DIR=/tmp/torch_extensions HF_HUB_OFFLINE=1
+MODELS=/tmp/models
+
+run_step() {
+    case "$1" in
+        env)
+            date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+            python3 -c "import torch, diffusers, transformers, huggingface_hub, gsplat, trimesh, xatlas
+print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffusers.__version__,
+      'transformers', transformers.__version__, 'hub', huggingface_hub.__version__, 'gsplat', gsplat.__version__)" ;;
+        gsplat)
+            python3 -c "from gsplat.cuda._backend import _C; assert _C is not None; print('gsplat CUDA module:', _C.__file__)" ;;
+        render)
+            python3 benchmarks/gpu_render.py ;;
+        quality)
+            DREAMGS_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider --durations=10 \
+                tests/test_quality.py tests/test_stage2.py ;;
+        models)
+            [ -f $MODELS/sd/model_index.json ] || python3 benchmarks/full_size_models.py --out $MODELS/sd --which sd --device cuda
+            [ -f $MODELS/zero123/model_index.json ] || python3 benchmarks/full_size_models.py --out $MODELS/zero123 --which zero123 --device cuda ;;
+        prior)
+            python3 benchmarks/prior_speed.py --model $MODELS/sd --kind sd --batch 1 4
+            python3 benchmarks/prior_speed.py --model $MODELS/zero123 --kind zero123 --batch 1 4 ;;
+        mesh)
+            python3 benchmarks/bench_mesh.py --device cuda ;;
+        pipeline)
+            python3 benchmarks/gpu_pipeline.py --models $MODELS --warmup --phases --variants baseline fast \
+                --json "$OUT/pipeline.json" ;;
+        resume)
+            python3 benchmarks/resume_gpu.py ;;
+        turntable)
+            python3 benchmarks/turntable_gpu.py --out /tmp/turntable ;;
+        *)
+            echo "unknown step $1"; return 2 ;;
+    esac
+}
+
+for step in "$@"; do
+    echo "=== $step ($(date -u +%H:%M:%S))"
+    start=$(date +%s)
+    run_step "$step" 2>&1 | tee "$OUT/$step.log" | grep -v -E "it/s\]|s/it\]|Loading weights|Writing model shards"
+    echo "=== $step: exit ${PIPESTATUS[0]}, $(( $(date +%s) - start )) s"
+done
