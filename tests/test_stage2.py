@@ -42,7 +42,7 @@ def test_extracted_geometry_is_within_1_5_percent_and_watertight(fitted):
     cfg, house, model = fitted
     mesh = extract_mesh(model, cfg.mesh)
     assert relative_chamfer(mesh, house) <= 0.015
-    assert trimesh.Trimesh(mesh.vertices.numpy(), mesh.faces.numpy(), process=False).is_watertight
+    assert trimesh.Trimesh(mesh.vertices.cpu().numpy(), mesh.faces.cpu().numpy(), process=False).is_watertight
     assert 0.9 * cfg.mesh.target_faces <= mesh.num_faces <= 1.05 * cfg.mesh.target_faces
 
 

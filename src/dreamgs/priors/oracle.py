@@ -136,7 +136,8 @@ class OraclePrior(Prior):
     def _identify(self, ref_image: Tensor) -> int:
         """The asset whose reference nearest the input camera best matches the input view."""
         x = resize(ref_image.to(self.device, torch.float64), self.resolution).reshape(1, -1) * 2 - 1 - self.mean
-        ang = camera_angle(self.el, self.az, torch.tensor(self.ref_elevation), torch.tensor(0.0)).to(self.device)
+        ref_el = torch.tensor(float(self.ref_elevation), device=self.el.device)
+        ang = camera_angle(self.el, self.az, ref_el, torch.zeros_like(ref_el)).to(self.device)
         best, best_err = 0, math.inf
         for k in range(len(self.library)):
             sel = (self.asset_id == k)
