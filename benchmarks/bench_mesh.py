@@ -97,6 +97,8 @@ def main() -> None:
     ap.add_argument("--faces", type=int, default=MeshConfig.target_faces)
     ap.add_argument("--texture", type=int, default=TextureConfig.size)
     ap.add_argument("--views", type=int, default=TextureConfig.bake_views)
+    ap.add_argument("--unwrap-piece-faces", type=int, default=TextureConfig.unwrap_piece_faces,
+                    help="xatlas piece size (0: chart the mesh whole)")
     ap.add_argument("--view-size", type=int, default=TextureConfig.bake_resolution)
     args = ap.parse_args()
     if args.threads:
@@ -135,7 +137,7 @@ def main() -> None:
         half = timed("decimation", "", lambda: decimate(v, f, len(f) // 2))
         rows[-1] = ("decimation", rows[-1][1], f"{len(f)} -> {len(half[1])} faces (mesh was below {args.faces})")
 
-    mesh = timed("unwrap (xatlas)", f"{mesh.num_faces} faces", lambda: unwrap(mesh, resolution=args.texture))
+    mesh = timed("unwrap (xatlas)", f"{mesh.num_faces} faces", lambda: unwrap(mesh, resolution=args.texture, max_piece_faces=args.unwrap_piece_faces))
     cams = sphere_views(args.views, radius=2.5, fovy=49.1, size=args.view_size, device=device)
     images = timed("render views (Gaussians)", f"{args.views} x {args.view_size}^2",
                    lambda: render(model, cams, background=torch.ones(3, device=device)).rgb)

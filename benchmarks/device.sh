@@ -32,7 +32,7 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
         render)
             python3 benchmarks/gpu_render.py ;;
         quality)
-            DREAMGS_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider --durations=10 \
+            DREAMGS_TEST_DEVICE=cuda python3 -m pytest -q -s -p no:cacheprovider --durations=10 \
                 tests/test_quality.py tests/test_stage2.py ;;
         models)
             [ -f $MODELS/sd/model_index.json ] || python3 benchmarks/full_size_models.py --out $MODELS/sd --which sd --device cuda

@@ -116,6 +116,33 @@ def test_unwrap_keeps_geometry_and_gives_a_valid_atlas():
     assert cover.max() <= 1 and (cover > 0).mean() > 0.3
 
 
+def test_unwrap_in_pieces_keeps_geometry_and_charts_do_not_overlap():
+    mesh = icosphere(3)  # 1280 faces -> 8 pieces of 160
+    out = unwrap(mesh, resolution=256, max_piece_faces=200)
+    assert torch.equal(out.vertices, mesh.vertices) and torch.equal(out.faces, mesh.faces)
+    assert (out.uvs >= 0).all() and (out.uvs <= 1).all() and int(out.face_uvs.max()) < out.uvs.shape[0]
+    whole = unwrap(mesh, resolution=256, max_piece_faces=0)
+    assert out.uvs.shape[0] > whole.uvs.shape[0]  # the cuts add seams
+    uv = out.uvs.double()[out.face_uvs]
+    uv_area = 0.5 * ((uv[:, 1, 0] - uv[:, 0, 0]) * (uv[:, 2, 1] - uv[:, 0, 1])
+                     - (uv[:, 1, 1] - uv[:, 0, 1]) * (uv[:, 2, 0] - uv[:, 0, 0])).abs()
+    assert (uv_area > 0).all()
+    cover = brute_force_coverage(out, 128, margin=1e-6)
+    assert cover.max() <= 1 and (cover > 0).mean() > 0.3
+
+
+def test_unwrap_in_pieces_survives_a_region_of_degenerate_faces():
+    sphere = icosphere(2)
+    n = 300  # zero-area slivers far from the sphere: pieces made only of them after the split
+    base = torch.tensor([5.0, 0.0, 0.0]) + torch.arange(n, dtype=torch.float32)[:, None] * torch.tensor([0.01, 0, 0])
+    flat_v = torch.cat([base, base + torch.tensor([0.001, 0, 0]), base + torch.tensor([0.002, 0, 0])])
+    flat_f = torch.stack([torch.arange(n), torch.arange(n) + n, torch.arange(n) + 2 * n], -1) + sphere.num_vertices
+    mesh = Mesh(torch.cat([sphere.vertices, flat_v]), torch.cat([sphere.faces, flat_f]))
+    out = unwrap(mesh, resolution=128, max_piece_faces=100)
+    assert torch.equal(out.faces, mesh.faces) and out.face_uvs.shape == mesh.faces.shape
+    assert (out.uvs >= 0).all() and (out.uvs <= 1).all()
+
+
 def test_unwrap_rejects_empty_and_degenerate_meshes():
     with pytest.raises(InputError, match="empty"):
         unwrap(Mesh(torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.long)))

@@ -77,9 +77,9 @@ class PriorConfig:
     t_max: float = 0.98
     t_schedule: str = "anneal"  # anneal | random
     dtype: str = "auto"  # auto | fp32 | fp16 | bf16
-    channels_last: bool = True  # CUDA: channels-last UNet/VAE
+    channels_last: bool = False  # CUDA: channels-last UNet/VAE (slower VAE at batch 1: docs/benchmarks.md)
     compile: bool = False  # CUDA: torch.compile the UNet (pays off over long runs)
-    cuda_graphs: bool = False  # CUDA: replay the UNet call and the VAE encoder from CUDA graphs
+    cuda_graphs: bool = True  # CUDA: replay the UNet call and the VAE encoder from CUDA graphs
     view_dependent_prompt: bool = True
     resolution: int = 0  # 0 = the prior's native resolution
     oracle_azimuths: int = 72  # oracle: reference views per elevation ring
@@ -128,6 +128,7 @@ class TextureConfig:
     bake_views: int = 26
     bake_resolution: int = 512
     cos_threshold: float = 0.5
+    unwrap_piece_faces: int = 2000  # xatlas charts pieces of at most this many faces in parallel (0: whole)
 
 
 @dataclass

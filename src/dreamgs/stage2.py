@@ -117,7 +117,7 @@ def run_stage2(model: GaussianModel, prior: Prior | None, cfg: Config, ref=None,
     t = time.perf_counter()
     mesh = extract_mesh(model, cfg.mesh, timings=timings)
     t = _lap(timings, "extract", t)
-    mesh = unwrap(mesh, resolution=cfg.texture.size)
+    mesh = unwrap(mesh, resolution=cfg.texture.size, max_piece_faces=cfg.texture.unwrap_piece_faces)
     t = _lap(timings, "unwrap", t)
     mesh = mesh.with_texture(bake_from_gaussians(model, mesh, cfg))
     t = _lap(timings, "bake", t)
