@@ -93,6 +93,7 @@ def test_image_without_alpha_reports_the_preprocess_error(settings, tmp_path):
     assert len(events) == 1 and events[0].error
     assert "photo.jpg: the image has no transparency" in events[0].error
     assert "--mask" in events[0].error and "rembg" in events[0].error
+    assert "dreamgs prep" in events[0].error and "upload the _rgba.png" in events[0].error  # a remedy for the page
     assert not settings.runs.exists() or not any(settings.runs.iterdir())  # no run started
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from optional import need
 from PIL import Image
 
 import dreamgs
@@ -41,7 +42,7 @@ if not Path(CHROMIUM).exists():
     if os.environ.get("CI"):
         raise RuntimeError(f"{CHROMIUM} is missing; .ci/run installs it with apt (chromium, chromium-driver)")
     pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium chromium-driver)", allow_module_level=True)
-playwright = pytest.importorskip("playwright.sync_api")
+playwright = need("playwright.sync_api")
 
 
 def free_port() -> int:
@@ -60,7 +61,9 @@ def server(tmp_path_factory):
     cwd.mkdir()
     tmpdir.mkdir()
     src = str(Path(dreamgs.__file__).resolve().parent.parent)
-    env = dict(os.environ, TMPDIR=str(tmpdir), PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1",
+    # An empty HF_HOME: no cached weights, so the oracle prior is the page's default whatever this
+    # machine has downloaded.
+    env = dict(os.environ, TMPDIR=str(tmpdir), PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", HF_HOME=str(root / "hf"),
                PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     port = free_port()
     log = open(root / "app.log", "w")

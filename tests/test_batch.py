@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from optional import need
 
 import dreamgs.pipeline as pipeline
 from dreamgs import batch
@@ -334,7 +335,7 @@ def test_cli_batch_reports_structural_errors_in_one_line(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray = pytest.importorskip("ray")
+    ray = need("ray")
     batch.start_local_ray(num_cpus=2, object_store_memory=100 * 2**20)
     yield ray
     ray.shutdown()

@@ -162,3 +162,46 @@ def test_app_reports_a_busy_port(tmp_path, capsys, monkeypatch):
         assert main(["app", "--port", str(port), "--workdir", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err
     assert f"dreamgs app: error: cannot listen on 127.0.0.1:{port}" in err and "choose another --port" in err
+
+
+def test_runs_get_named_folders_never_shared_and_one_final_line(tmp_path, capsys, monkeypatch):
+    import datetime as dt
+
+    import dreamgs.run
+
+    class Frozen(dt.datetime):  # both runs start "in the same second"
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 12, 1, 20, 0, 0)
+
+    monkeypatch.setattr(dreamgs.run._dt, "datetime", Frozen)
+    tiny = ["prior.oracle_azimuths=8", "prior.oracle_elevations=[0]", "prior.oracle_resolution=16",
+            "stage1.iters=2", "stage1.render_sizes=[16]", "stage1.size_milestones=[]", "gaussians.num_points=50",
+            "stage2.enabled=false", "export.video=false", "device=cpu"]
+    lines = []
+    for _ in range(2):
+        assert main(["text", "A Ceramic Mug!", "--prior", "oracle", "--seed", "7", "--out", str(tmp_path),
+                     "--quiet", *tiny]) == 0
+        lines.append(capsys.readouterr().out.strip().splitlines())
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["20261201-200000-a-ceramic-mug-s7", "20261201-200000-a-ceramic-mug-s7-2"]
+    for out, name in zip(lines, names):
+        assert len(out) == 1 and out[0].startswith("done in ") and "(seed 7)" in out[0], out
+        written = out[0].split("; wrote ", 1)[1].split(", ")
+        assert str(tmp_path / name / "model.ply") in written and str(tmp_path / name / "config.yaml") in written
+        assert all(os.path.isfile(p) for p in written)
+
+
+def test_python_api_is_dreamgs_generate_and_imports_lazily():
+    import subprocess
+    import sys
+
+    code = ("import sys, dreamgs; assert 'torch' not in sys.modules and 'dreamgs.pipeline' not in sys.modules; "
+            "from dreamgs import generate, resume_run; import dreamgs.pipeline as p; "
+            "assert generate is p.generate and resume_run is p.resume_run; "
+            "print(dreamgs.generate.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "generate", out.stderr
+    with pytest.raises(AttributeError, match="no attribute 'genrate'"):
+        import dreamgs
+        dreamgs.genrate

@@ -241,12 +241,14 @@ validator.validateBytes(new Uint8Array(fs.readFileSync(process.argv[3])), {maxIs
 
 def validate_glb(path, tmp_path):
     node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed")
     module = Path(os.environ.get("DREAMGS_GLTF_VALIDATOR",
                                  REPO / ".cache" / "gltf-validator" / "node_modules" / "gltf-validator"))
-    if not module.is_dir():
-        pytest.fail(f"gltf-validator not found at {module}; install it with: {VALIDATOR_INSTALL}")
+    if node is None or not module.is_dir():
+        why = ("node is not installed" if node is None
+               else f"gltf-validator not found at {module}; install it with: {VALIDATOR_INSTALL}")
+        if os.environ.get("CI"):  # .ci/run installs both: there, a missing validator is a failure
+            pytest.fail(why)
+        pytest.skip(why)
     runner = tmp_path / "validate.js"
     runner.write_text(RUNNER)
     out = subprocess.run([node, str(runner), str(module.resolve()), str(path)], capture_output=True, text=True,

@@ -83,3 +83,29 @@ def test_fit_missing_metadata_and_bad_frames(tmp_path):
     (tmp_path / "cameras.json").write_text("{not json")
     with pytest.raises(InputError, match="cameras.json: invalid"):
         load_posed_images(tmp_path)
+
+
+def test_fit_command_on_a_dataset_folder_writes_a_new_seeded_run_each_time(tmp_path, capsys):
+    from dreamgs.cameras import make_cameras
+    from dreamgs.cli import main
+
+    data = tmp_path / "knot"
+    data.mkdir()
+    angles = [(-20.0, az) for az in range(-180, 180, 40)]  # 9 views: 2 held out (every 8th)
+    cams = make_cameras([e for e, _ in angles], [a for _, a in angles], 2.0, 49.1, 32)
+    frames = []
+    for i, img in enumerate(render_rgba(synthetic_scene(), cams, backend="torch")):
+        save_image(data / f"{i:03d}.png", img.numpy())
+        frames.append({"file": f"{i:03d}.png", "elevation": angles[i][0], "azimuth": angles[i][1], "radius": 2.0})
+    (data / "cameras.json").write_text(json.dumps({"fovy": 49.1, "frames": frames}), encoding="utf-8")
+    out = tmp_path / "fits"
+    args = ["fit", "--data", str(data), "--out", str(out), "fit.iters=10", "fit.num_points=200", "device=cpu"]
+    assert main(args) == 0 and main(args) == 0
+    runs = sorted(out.iterdir())
+    assert len(runs) == 2 and all("-knot-s" in r.name for r in runs)  # a new folder per fit, never overwritten
+    for run in runs:
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["train_views"] == 7 and metrics["test_views"] == 2 and len(metrics["psnr"]) == 2
+        seed = int((run / "seed.txt").read_text())
+        assert run.name.endswith(f"-s{seed}") and (run / "model.ply").is_file() and (run / "heldout_grid.png").is_file()
+    assert "held-out PSNR" in capsys.readouterr().out

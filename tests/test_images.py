@@ -19,6 +19,9 @@ from dreamgs.images import load_mask, load_rgba, preprocess
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
 SHIPPED = sorted(EXAMPLES.glob("*_rgba.png"))
+# The shared example set beside the project (CI has it at ../shared), which holds more images.
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "examples" / "images"
+EXAMPLE_SET = SHIPPED + sorted(p for p in SHARED.glob("*_rgba.png") if not (EXAMPLES / p.name).exists())
 
 
 @pytest.fixture(autouse=True)
@@ -46,9 +49,9 @@ def test_examples_are_shipped_small_and_licensed():
     assert sum(p.stat().st_size for p in EXAMPLES.iterdir()) < 2_000_000
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", EXAMPLE_SET, ids=lambda p: p.stem)
 @pytest.mark.parametrize("size,border", [(256, 0.2), (128, 0.1), (512, 0.3), (200, 0.0)])
-def test_shipped_examples_are_centred_and_scaled(path, size, border):
+def test_example_images_are_centred_and_scaled(path, size, border):
     out = preprocess(path, size=size, border_ratio=border)
     assert out.shape == (size, size, 4) and out.dtype == np.float32
     assert 0.0 <= out.min() and out.max() <= 1.0

@@ -556,3 +556,29 @@ def test_hub_ids_and_dtypes():
     assert resolve_dtype("bf16", "cpu") == torch.bfloat16
     with pytest.raises(ConfigError):
         resolve_dtype("int8", "cpu")
+
+
+def test_a_nan_from_the_unet_is_skipped_and_counted_not_zeroed(sd_folder, monkeypatch):
+    from dreamgs.stage1 import Stage1
+
+    cfg = tiny_config("sd", sd_folder, overrides=("seed=4", "stage1.iters=4", "stage1.max_bad_steps=5",
+                                                  f"stage1.render_sizes=[{R}]", "stage1.size_milestones=[]",
+                                                  "gaussians.num_points=100"))
+    prior = load_prior(cfg, "cpu")
+    calls = {"n": 0}
+    original = prior._unet
+
+    def sometimes_nan(sample, t, encoder_hidden_states):
+        calls["n"] += 1
+        out = original(sample, t, encoder_hidden_states)
+        return torch.full_like(out, float("nan")) if calls["n"] == 2 else out
+
+    monkeypatch.setattr(prior, "_unet", sometimes_nan)
+    s1 = Stage1(cfg, prior, device="cpu")
+    before = {k: v.detach().clone() for k, v in s1.model.params.items()}
+    assert s1.step() is True
+    after_first = {k: v.detach().clone() for k, v in s1.model.params.items()}
+    assert any(not torch.equal(before[k], after_first[k]) for k in before)
+    assert s1.step() is False and s1.trainer.bad_steps == 1  # the NaN step: skipped, counted
+    assert all(torch.equal(after_first[k], v) for k, v in s1.model.params.items())  # and changed nothing
+    assert s1.step() is True and s1.trainer.bad_steps == 1

@@ -6,6 +6,7 @@ import inspect
 from pathlib import Path
 
 import pytest
+from optional import need
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE_DIRS = ("src", "benchmarks")  # what runs on users' files; tests may build pickles as traps
@@ -119,11 +120,11 @@ def test_checkpoints_hold_no_pickles(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# The web app (dreamgs.app, from the app-ux branch): tested through its public functions when present
+# The web app (dreamgs.app): tested through its public functions
 
 
 def _app():
-    return pytest.importorskip("dreamgs.app", reason="the web app (app-ux branch) is not merged yet")
+    return need("dreamgs.app")  # needs gradio (the app extra)
 
 
 def test_app_listens_on_localhost_by_default():

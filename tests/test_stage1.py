@@ -63,3 +63,102 @@ def test_same_seed_same_result_and_drawn_seed_recorded(tmp_path):
     cfg_text = (tmp_path / "c" / "config.yaml").read_text()
     assert f"seed: {recorded}" in cfg_text
     assert json.loads((tmp_path / "c" / "summary.json").read_text())["seed"] == recorded
+
+
+def test_trainer_accumulates_densify_stats_over_every_render_of_a_step():
+    """A stage-1 step in image mode renders a batch of SDS views and the reference view: the
+    densification statistics must take the screen gradients of all of them, computed here by hand."""
+    from dreamgs.cameras import make_cameras
+    from dreamgs.config import Config
+    from dreamgs.gaussians import GaussianModel
+    from dreamgs.render import render
+    from dreamgs.train import GaussianTrainer
+
+    cfg = Config()
+    cfg.densify.start = 10**6  # no densification in this step: only the statistics
+    model = GaussianModel.random_ball(300, 0.5, opacity=0.5, generator=torch.Generator().manual_seed(0))
+    trainer = GaussianTrainer(model, cfg.gaussians, cfg.densify, seed=0)
+    batch = make_cameras([-10.0, 20.0, 0.0], [0.0, 120.0, -100.0], 2.0, 49.1, 32)
+    ref = make_cameras(0.0, 0.0, 2.0, 49.1, 48)
+    target = torch.rand(3, 32, 32, 3, generator=torch.Generator().manual_seed(1))
+    outs = [render(model, batch, background=torch.ones(3)), render(model, ref, background=torch.ones(3))]
+    loss = ((outs[0].rgb - target) ** 2).mean() + outs[1].rgb.square().mean()
+    assert trainer.step(loss, outs)
+    expect_sum, expect_count = torch.zeros(len(model)), torch.zeros(len(model))
+    for out in outs:
+        views, height, width = out.rgb.shape[:3]
+        g = out.means2d.grad
+        for c in range(views):
+            ndc = torch.stack([g[c, :, 0] * width / 2 * views, g[c, :, 1] * height / 2 * views], -1)
+            expect_sum += ndc.norm(dim=-1) * out.visible[c]
+            expect_count += out.visible[c].float()
+    assert expect_count.max() == 4 and (expect_sum > 0).sum() > 100
+    torch.testing.assert_close(trainer.stats.grad_sum, expect_sum, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(trainer.stats.count, expect_count)
+
+
+class _RecordingPrior:
+    """A stand-in prior: records what stage 1 shows it and returns a zero SDS loss."""
+
+    name = "recording"
+
+    def __init__(self):
+        self.images, self.cams, self.progress = [], [], []
+
+    def sds(self, images, cams, progress):
+        self.images.append(images.detach().clone())
+        self.cams.append(cams)
+        self.progress.append(progress)
+        return images.sum() * 0.0
+
+    def refine(self, images, cams, strength, steps):
+        return images
+
+
+def test_render_size_steps_up_at_the_milestones():
+    from dreamgs.config import Config
+    from dreamgs.stage1 import render_size
+
+    cfg = Config()  # 500 steps, 128 -> 256 -> 512 at 30% and 60% (DreamGaussian's schedule)
+    sizes = {s: render_size(cfg, s) for s in (0, 149, 150, 299, 300, 499)}
+    assert sizes == {0: 128, 149: 128, 150: 256, 299: 256, 300: 512, 499: 512}
+
+
+def test_backgrounds_are_white_or_black_at_random_and_progress_runs_to_one():
+    from dreamgs.config import load_config
+    from dreamgs.gaussians import GaussianModel
+    from dreamgs.stage1 import Stage1
+
+    cfg = load_config("text", None, ["prompt=x", "stage1.iters=200", "stage1.render_sizes=[8]",
+                                     "stage1.size_milestones=[]", "densify.enabled=false", "seed=5"])
+    clear = GaussianModel.random_ball(20, 0.5, opacity=1e-6, generator=torch.Generator().manual_seed(0))
+    prior = _RecordingPrior()
+    s1 = Stage1(cfg, prior, device="cpu", init=clear)
+    for _ in range(cfg.stage1.iters):
+        s1.step()
+    means = torch.stack([img.mean() for img in prior.images])
+    white = means > 0.999
+    assert bool((white | (means < 0.001)).all())  # each background is pure white or pure black
+    assert 0.4 < float(white.float().mean()) < 0.6  # white_background_prob = 0.5
+    assert prior.progress[0] == 0.0 and prior.progress[-1] == (cfg.stage1.iters - 1) / cfg.stage1.iters
+
+
+def test_image_mode_reference_camera_and_linear_loss_warmup():
+    from dreamgs.config import load_config
+    from dreamgs.stage1 import Stage1, make_reference
+
+    cfg = load_config("image", None, ["image=x.png", "elevation=-15", "stage1.iters=10", "stage1.warmup_fraction=0.5",
+                                      "stage1.ref_size=16", "stage1.render_sizes=[8]", "stage1.size_milestones=[]",
+                                      "densify.enabled=false", "seed=2"])
+    rgba = torch.rand(40, 40, 4, generator=torch.Generator().manual_seed(0))
+    ref = make_reference(rgba, cfg, "cpu")
+    assert ref.rgba.shape == (16, 16, 4)
+    assert float(ref.cams.elevation) == -15.0 and float(ref.cams.azimuth) == 0.0
+    assert float(ref.cams.radius) == cfg.camera.radius and ref.cams.width == 16
+    s1 = Stage1(cfg, _RecordingPrior(), ref=ref, device="cpu")
+    s = cfg.stage1
+    for step in range(s.iters):
+        s1.step()
+        warm = min(1.0, (step + 1) / (s.warmup_fraction * s.iters))  # 0.2, 0.4, ... 1.0, then 1.0
+        expect = warm * (s.lambda_rgb * s1.last["rgb"] + s.lambda_mask * s1.last["mask"])
+        assert s1.last["loss"] == pytest.approx(expect, rel=1e-5), step

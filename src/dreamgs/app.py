@@ -98,10 +98,14 @@ def prepare_image(path: Path, size: int = 256) -> Path:
     """The RGBA input for image→3D: ``path`` cut out, centred and scaled by
     :func:`~dreamgs.images.preprocess` (alpha from the image, or rembg when installed; otherwise
     its InputError explains the options), written as ``<stem>_rgba.png`` next to ``path``."""
-    from .images import preprocess
+    from .images import NoAlphaError, no_alpha_message, preprocess
     from .media import save_image
 
-    rgba = preprocess(path, size=size)
+    try:
+        rgba = preprocess(path, size=size)
+    except NoAlphaError:
+        raise InputError(no_alpha_message(path.name, "cut the object out first with `dreamgs prep IMAGE --mask "
+                                                     "MASK.png` (white = object) and upload the _rgba.png it writes")) from None
     out = path.with_name(f"{path.stem}_rgba.png")
     save_image(out, rgba)
     return out
@@ -373,15 +377,10 @@ class JobRunner:
     def new_run_dir(self, cfg: Config) -> Path:
         """``runs/<date-time>-<subject>-s<seed>`` (the CLI's naming), with ``-2``, ``-3``... if taken.
         Draws the seed now when the page asked for a random one."""
-        from .run import default_run_name, resolve_seed
+        from .run import new_run_dir, resolve_seed
 
         resolve_seed(cfg)
-        base = self.settings.runs / default_run_name(cfg)
-        path, n = base, 1
-        while path.exists():
-            n += 1
-            path = base.with_name(f"{base.name}-{n}")
-        return path
+        return new_run_dir(self.settings.runs, cfg)
 
 
 def drop_if_empty(run_dir: Path) -> None:

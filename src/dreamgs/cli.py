@@ -165,7 +165,9 @@ def _add_fit(sub) -> None:
         description="Fit 3D Gaussians to posed RGBA images. Without --data, renders a built-in synthetic "
                     "scene from known cameras, fits it from scratch and reports held-out PSNR.")
     p.add_argument("--data", metavar="DIR", help="folder with cameras.json and RGBA images (see README)")
-    p.add_argument("--out", metavar="DIR", default="outputs/fit", help="output folder (default: outputs/fit)")
+    p.add_argument("--out", metavar="DIR", default="outputs/fit",
+                   help="parent folder; each fit writes a new <date-time>-<data>-s<seed> folder in it "
+                        "(default: outputs/fit)")
     _add_config_args(p)
 
 

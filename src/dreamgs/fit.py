@@ -201,10 +201,10 @@ def load_posed_images(data_dir: str | Path) -> tuple[Tensor, Cameras, list[str]]
 def run_fit_command(data: str | None, out_dir: str, config_file: str | None, overrides: list[str]) -> int:
     from .gaussians import save_ply
     from .media import save_grid
-    from .run import prepare_run_dir, write_json
+    from .run import new_run_dir, prepare_run_dir, resolve_seed, write_json
 
     cfg = load_config("text", config_file, overrides)
-    seed = cfg.seed if cfg.seed is not None else 0
+    seed = resolve_seed(cfg)  # drawn when not given, and recorded in the run folder
     if data:
         images, cams, names = load_posed_images(data)
         n = len(cams)
@@ -216,7 +216,7 @@ def run_fit_command(data: str | None, out_dir: str, config_file: str | None, ove
         scene = synthetic_scene()
         train_cams, test_cams = synthetic_views()
         train_imgs, test_imgs = render_rgba(scene, train_cams), render_rgba(scene, test_cams)
-    run_dir = prepare_run_dir(Path(out_dir), cfg, seed)
+    run_dir = prepare_run_dir(new_run_dir(out_dir, cfg, Path(data).resolve().name if data else "synthetic"), cfg, seed)
     model = fit_gaussians(train_imgs, train_cams, cfg, seed=seed)
     save_ply(model, run_dir / "model.ply")
     result = {"gaussians": len(model), "train_views": len(train_cams)}

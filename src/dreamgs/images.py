@@ -171,11 +171,18 @@ def rembg_available() -> bool:
     return importlib.util.find_spec("rembg") is not None and rembg_model_path().is_file()
 
 
-def no_alpha_message(name: str) -> str:
+MASK_HINT_CLI = "pass a mask with --mask mask.png (white = object, same size as the image)"
+
+
+class NoAlphaError(InputError):
+    """An image without transparency, no mask, and no local background remover."""
+
+
+def no_alpha_message(name: str, mask_hint: str = MASK_HINT_CLI) -> str:
     return (f"{name}: the image has no transparency, so the object cannot be separated from its background; "
-            "pass a mask with --mask mask.png (white = object, same size as the image), or give an RGBA image "
-            "with a transparent background, or install rembg (pip install rembg onnxruntime) and place its "
-            f"model file at {rembg_model_path()} (directory set by U2NET_HOME); dreamgs never downloads it")
+            f"{mask_hint}, or give an RGBA image with a transparent background, or install rembg "
+            f"(pip install rembg onnxruntime) and place its model file at {rembg_model_path()} "
+            "(directory set by U2NET_HOME); dreamgs never downloads it")
 
 
 def rembg_alpha(rgb: np.ndarray) -> np.ndarray:
@@ -290,7 +297,7 @@ def preprocess(image, size: int = 256, border_ratio: float = 0.2, mask=None) -> 
     elif rembg_available():
         alpha = rembg_alpha(rgb)
     else:
-        raise InputError(no_alpha_message(name))
+        raise NoAlphaError(no_alpha_message(name))
 
     bbox = object_bbox(alpha)
     if bbox is None:

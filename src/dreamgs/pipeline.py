@@ -334,7 +334,7 @@ def generate(prompt: str | None = None, *, image: str | Path | None = None,
     """
     from .media import save_image
     from .priors import load_prior
-    from .run import default_run_name, prepare_run_dir, resolve_seed
+    from .run import new_run_dir, prepare_run_dir, resolve_seed
     from .stage1 import resolve_device
 
     t_start = time.perf_counter()
@@ -342,7 +342,8 @@ def generate(prompt: str | None = None, *, image: str | Path | None = None,
     seed = resolve_seed(cfg)
     device = resolve_device(cfg.device)
     if run_dir is None:
-        run_dir = Path(output_dir or cfg.output_dir) / (cfg.run_name or default_run_name(cfg))
+        parent = Path(output_dir or cfg.output_dir)
+        run_dir = parent / cfg.run_name if cfg.run_name else new_run_dir(parent, cfg)
     run_dir = Path(run_dir)
     check_output_location(run_dir)
     seed_everything(seed)

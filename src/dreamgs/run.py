@@ -44,11 +44,23 @@ def slug(text: str, max_len: int = 40) -> str:
     return s[:max_len].rstrip("-") or "run"
 
 
-def default_run_name(cfg: Config) -> str:
-    """``<YYYYmmdd-HHMMSS>-<prompt or image stem>-s<seed>``."""
-    subject = cfg.prompt if cfg.mode == "text" else Path(cfg.image).stem
+def default_run_name(cfg: Config, subject: str | None = None) -> str:
+    """``<YYYYmmdd-HHMMSS>-<subject>-s<seed>``; the subject defaults to the prompt or image stem."""
+    if subject is None:
+        subject = cfg.prompt if cfg.mode == "text" else Path(cfg.image).stem
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{slug(subject)}-s{cfg.seed}"
+
+
+def new_run_dir(parent: str | os.PathLike, cfg: Config, subject: str | None = None) -> Path:
+    """``parent/<date-time>-<subject>-s<seed>`` (:func:`default_run_name`), with ``-2``, ``-3``...
+    appended while that folder exists, so two runs started in the same second never share one."""
+    base = Path(parent) / default_run_name(cfg, subject)
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
 
 def prepare_run_dir(run_dir: str | os.PathLike, cfg: Config, seed: int) -> Path:

@@ -168,7 +168,9 @@ class LatentDiffusionPrior(Prior):
         noise = noise.to(self.acc_dtype)
         x_t = abar.sqrt() * latents.to(self.acc_dtype) + (1 - abar).sqrt() * noise
         eps_hat = self.guided_eps(x_t.to(self.dtype), t, cond)
-        return torch.nan_to_num((1 - abar) * (eps_hat - noise))
+        # Not nan_to_num'ed: a non-finite prediction must reach the trainer's guard, which skips
+        # and counts the step, instead of becoming a silent zero gradient.
+        return (1 - abar) * (eps_hat - noise)
 
     def sds(self, images: Tensor, cams: Cameras, progress: float, *, t: int | None = None,
             noise: Tensor | None = None) -> Tensor:
