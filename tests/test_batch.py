@@ -341,6 +341,17 @@ def local_ray():
     ray.shutdown()
 
 
+def test_ray_batch_retries_a_failing_job_then_reports_it_while_the_others_finish(tmp_path, local_ray):
+    diverge = {"stage1.lambda_sds": 1e40, "stage1.max_bad_steps": 0}  # a TrainingError: worth retrying
+    path = write_jobs(tmp_path, [{"name": "bad", "prompt": "a mug", "seed": 1, "overrides": diverge},
+                                 {"name": "good", "prompt": "a house", "seed": 2}], overrides=TINY, output_dir="out")
+    report = run_batch(path, gpus_per_job=0, retries=1, progress=False, log=lambda m: None)
+    assert report.backend == "ray" and report.names("done") == ["good"] and report.names("failed") == ["bad"]
+    recs = [r for r in read_manifest(tmp_path / "out" / "manifest.jsonl") if r["job"] == "bad"]
+    assert [(r["status"], r["attempt"]) for r in recs] == [("retrying", 1), ("failed", 2)]
+    assert all("training diverged" in r["error"] for r in recs)
+
+
 def test_ray_batch_runs_jobs_records_failure_and_skips_completed_on_rerun(tmp_path, local_ray):
     (tmp_path / "broken.png").write_text("not an image", encoding="utf-8")
     path = write_jobs(tmp_path, [{"prompt": "a mug", "seed": 1}, {"prompt": "a house", "seed": 2},
