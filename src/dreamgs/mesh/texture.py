@@ -30,7 +30,7 @@ def unwrap(mesh: Mesh, resolution: int = 1024, padding: int = 2, max_piece_faces
     thread, so a large mesh is first cut into spatially compact pieces of at most
     ``max_piece_faces`` faces (median splits of the face centres along the longest axis); the
     pieces are charted in parallel and packed into one atlas. The cuts only add chart seams
-    (measured on a 100k-face mesh: 50 s -> 4.6 s on 2 cores, fewer charts, same utilisation;
+    (measured on a 100k-face mesh: 50 s -> 5.3 s on 2 cores, fewer charts, same utilisation;
     docs/benchmarks.md). ``max_piece_faces=0`` charts the mesh whole.
 
     Returns a mesh with the same ``vertices`` and ``faces`` (and colours), plus ``uvs`` (Vt, 2)

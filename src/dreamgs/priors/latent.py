@@ -272,7 +272,10 @@ class CudaGraphCache:
 
 class GraphedAutogradCache:
     """``fn(x)`` with its forward and backward passes replayed from CUDA graphs, one pair per
-    input shape (``torch.cuda.make_graphed_callables``). Without gradient, ``fn`` runs eagerly."""
+    input shape (``torch.cuda.make_graphed_callables``). Without gradient, ``fn`` runs eagerly.
+
+    The output lives in the graph's static memory: back-propagate through one call before making
+    the next with the same shape (stage 1 encodes once per step)."""
 
     def __init__(self, fn):
         self.fn = fn
