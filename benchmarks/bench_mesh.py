@@ -143,7 +143,8 @@ def main() -> None:
         half = timed("decimation", "", lambda: decimate(v, f, len(f) // 2))
         rows[-1] = ("decimation", rows[-1][1], f"{len(f)} -> {len(half[1])} faces (mesh was below {args.faces})")
 
-    mesh = timed("unwrap (xatlas)", f"{mesh.num_faces} faces", lambda: unwrap(mesh, resolution=args.texture, max_piece_faces=args.unwrap_piece_faces))
+    mesh = timed("unwrap (xatlas)", f"{mesh.num_faces} faces",
+                 lambda: unwrap(mesh, resolution=args.texture, max_piece_faces=args.unwrap_piece_faces))
     cams = sphere_views(args.views, radius=2.5, fovy=49.1, size=args.view_size, device=device)
     images = timed("render views (Gaussians)", f"{args.views} x {args.view_size}^2",
                    lambda: render(model, cams, background=torch.ones(3, device=device)).rgb)
