@@ -3,7 +3,7 @@
 #
 #     bash benchmarks/device.sh STEP [STEP ...]
 #
-# Steps: env, gsplat (JIT-compile gsplat's CUDA code), render, quality, models, prior, mesh,
+# Steps: env, gsplat (JIT-compile gsplat's CUDA code), render, quality, models, prior, compile, mesh,
 # pipeline, resume, turntable. Each step's output goes to $OUT/<step>.log (default OUT=/tmp/out).
 # The machine has torch but not our other dependencies: they travel as wheels in .whl/ (not
 # committed; docs/benchmarks.md lists them) and are installed into /tmp/site once per machine.
@@ -40,6 +40,11 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
         prior)
             python3 benchmarks/prior_speed.py --model $MODELS/sd --kind sd --batch 1 4
             python3 benchmarks/prior_speed.py --model $MODELS/zero123 --kind zero123 --batch 1 4 ;;
+        compile)
+            timeout 240 python3 benchmarks/prior_speed.py --model $MODELS/sd --kind sd --profile \
+                --variants eager cuda_graphs compile compile+cuda_graphs
+            timeout 200 python3 benchmarks/prior_speed.py --model $MODELS/zero123 --kind zero123 --profile \
+                --variants eager cuda_graphs compile compile+cuda_graphs ;;
         mesh)
             python3 benchmarks/bench_mesh.py --device cuda ;;
         pipeline)

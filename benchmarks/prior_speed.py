@@ -6,12 +6,15 @@ random full-size folders from ``full_size_models.py``::
     python benchmarks/full_size_models.py --out /tmp/z123 --which zero123
     python benchmarks/prior_speed.py --model /tmp/z123 --kind zero123
 
-The prior is loaded once and the options are switched on one after another (``eager`` = plain
-fp16 as the reference code runs it, then ``+channels_last``, then ``+cuda_graphs``). For each it
-prints the median milliseconds of: the guided UNet call (the CFG pair in one batch), the VAE
+The prior is loaded once and each variant of ``--variants`` (``eager`` = plain fp16 as the
+reference code runs it, ``channels_last``, ``cuda_graphs`` (the default on CUDA), ``compile``,
+``compile+cuda_graphs``) is set with ``prior.optimize``. For each it prints the seconds of the
+first UNet call and VAE forward + backward (compilation, graph capture, autotuning), then the
+median milliseconds of: the guided UNet call (the CFG pair in one batch), the VAE
 encoder forward + backward, a whole SDS step (encode, UNet, backward to the images) and an SDEdit
 refine (``strength`` 0.2, 5 DDIM steps, as stage 2 does), and the relative difference of the SDS
 image gradient and the refined images from the eager ones on the same inputs and noise.
+``--profile`` prints the CUDA kernels that take the eager VAE encoder's forward + backward time.
 ``--cpu`` runs the same on the CPU (no CUDA graphs) as a smoke test.
 """
 
@@ -91,8 +94,13 @@ def measure(prior, batch: int, size: int, device, iters: int, warmup: int) -> tu
     def refine():
         return prior.refine(images.detach(), cams, 0.2, 5, noise=noise)
 
-    times = {"unet_cfg": median_ms(unet, device, iters, warmup), "vae_fwd_bwd": median_ms(vae, device, iters, warmup),
-             "sds_step": median_ms(sds, device, iters, warmup),
+    start = time.perf_counter()
+    unet()
+    vae()
+    _sync(device)
+    first_s = time.perf_counter() - start
+    times = {"first_s": first_s, "unet_cfg": median_ms(unet, device, iters, warmup),
+             "vae_fwd_bwd": median_ms(vae, device, iters, warmup), "sds_step": median_ms(sds, device, iters, warmup),
              "refine": median_ms(refine, device, max(1, iters // 2), 1)}
     sds()
     outputs = {"sds_grad": images.grad.detach().clone(), "refine": refine()}
@@ -110,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--render-size", type=int, default=0, help="rendered image size (0: the prior's resolution)")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--variants", nargs="+", default=["eager", "channels_last", "cuda_graphs"],
+                    choices=["eager", "channels_last", "cuda_graphs", "compile", "compile+cuda_graphs"])
+    ap.add_argument("--profile", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     device = torch.device("cpu" if args.cpu else "cuda")
@@ -120,14 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{prior.describe()} on {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, "
           f"{prior.dtype}: loaded in {time.perf_counter() - start:.1f} s", flush=True)
     size = args.render_size or prior.resolution
-    variants = [("eager", {}), ("+channels_last", {"channels_last": True})]
-    if device.type == "cuda":
-        variants.append(("+cuda_graphs", {"cuda_graphs": True}))
+    if args.profile and device.type == "cuda":
+        profile_vae(prior, size, device)
     rows = []
     for batch in args.batch:
         ref_out = None
-        for name, opts in variants:
-            prior.optimize(**opts)  # options accumulate: each row adds one to the previous
+        for name in args.variants:
+            opts = {o: True for o in name.split("+") if o != "eager"}
+            if device.type != "cuda" and "cuda_graphs" in opts:
+                continue
+            prior.optimize(**opts)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             times, out = measure(prior, batch, size, device, args.iters, args.warmup)
@@ -138,9 +151,54 @@ def main(argv: list[str] | None = None) -> int:
                    "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0}
             rows.append(row)
             print(json.dumps(row), flush=True)
-        prior._unet_call = prior._encode_call = None  # next batch size starts eager again
-        prior.unet = prior.unet.to(memory_format=torch.contiguous_format)
-        prior.vae = prior.vae.to(memory_format=torch.contiguous_format)
+    print(f"\n| prior | batch | variant | first call s | UNet CFG ms | VAE fwd+bwd ms | SDS step ms | refine ms | "
+          f"SDS grad diff | refine diff | peak GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['kind']} | {r['batch']} | {r['variant']} | {r['first_s']:.1f} | {r['unet_cfg']:.2f} | "
+              f"{r['vae_fwd_bwd']:.2f} | {r['sds_step']:.2f} | {r['refine']:.1f} | {r['sds_grad_rel_diff']:.1e} | "
+              f"{r['refine_rel_diff']:.1e} | {r['peak_gib']:.2f} |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def profile_vae(prior, size: int, device) -> None:
+    """The kernels of one eager VAE encoder forward + backward, grouped by name, by CUDA time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    prior.optimize()
+    images = torch.rand(1, 3, size, size, device=device, requires_grad=True)
+
+    def step():
+        images.grad = None
+        prior.encode_images(images).float().square().mean().backward()
+    for _ in range(3):
+        step()
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            step()
+        _sync(device)
+    groups: dict[str, float] = {}
+    for ev in prof.key_averages():
+        t = getattr(ev, "device_time_total", 0.0) or getattr(ev, "cuda_time_total", 0.0)
+        if ev.device_type.name != "CUDA" or t <= 0:
+            continue
+        n = ev.key.lower()
+        kind = ("convolution (cuDNN/CUTLASS)" if any(k in n for k in ("conv", "cudnn", "implicit", "xmma", "sm90"))
+                else "group norm" if "group" in n or "norm" in n
+                else "elementwise (SiLU, add, scale, cast)" if "elementwise" in n or "vectorized" in n
+                else "reduction" if "reduce" in n
+                else "other")
+        groups[kind] = groups.get(kind, 0.0) + t / 5 / 1000
+    total = sum(groups.values())
+    print(f"eager VAE encoder forward + backward at {size}^2, kernel time per call: {total:.2f} ms")
+    for kind, ms in sorted(groups.items(), key=lambda kv: -kv[1]):
+        print(f"  {kind:40s} {ms:7.2f} ms  {100 * ms / total:5.1f}%")
+    print(prof.key_averages().table(sort_by="device_time_total", row_limit=12), flush=True)
+
+
     print(f"\n| prior | batch | variant | UNet CFG ms | VAE fwd+bwd ms | SDS step ms | refine ms | "
           f"SDS grad diff | refine diff | peak GiB |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -11,11 +11,12 @@ Run on a CUDA machine:
    bit-exact), and whether the resumed run's log says it started at the checkpoint.
 2. **Checkpoint cost.** Time and size of ``save_checkpoint``/``load_checkpoint`` for 100k and 1M
    Gaussians with Adam state (CUDA tensors copied to the host, written, fsynced).
-3. **Real OOM.** A run with an impossible render size and batch; prints the one-line
+3. **Real OOM.** A run with an impossible render size and batch (64 views of 32768², over 800 GB
+   for the colours alone, so it fails on any GPU at its first large allocation); prints the one-line
    ``TrainingError`` (it must name stage1.render_sizes, stage1.batch_size, densify.max_gaussians)
    and whether the checkpoint survived.
 
-Prints one JSON object.
+Prints one JSON line per part as it finishes.
 """
 
 from __future__ import annotations
@@ -111,8 +112,8 @@ def checkpoint_cost(out: Path, n: int, device: str) -> dict:
 
 
 def real_oom(out: Path) -> dict:
-    ov = ["prior.kind=oracle", "stage1.iters=20", "stage1.checkpoint_every=1", "stage1.render_sizes=[64, 16384]",
-          "stage1.size_milestones=[0.5]", "stage1.batch_size=32", "export.video=false", "stage2.enabled=false",
+    ov = ["prior.kind=oracle", "stage1.iters=20", "stage1.checkpoint_every=1", "stage1.render_sizes=[64, 32768]",
+          "stage1.size_milestones=[0.5]", "stage1.batch_size=64", "export.video=false", "stage2.enabled=false",
           "device=cuda"]
     try:
         generate("a ceramic mug", overrides=ov, seed=0, run_dir=out / "oom", progress=False)
@@ -134,11 +135,12 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="dreamgs-resume-"))
     iters = 20 if args.cpu else 100 if args.quick else 500
     sizes = (10_000,) if args.cpu else (100_000,) if args.quick else (100_000, 1_000_000)
-    res = {"device": "cpu" if args.cpu else torch.cuda.get_device_name(),
-           "resume": resume_check(out, iters, device, CPU_SMOKE if args.cpu else ()),
-           "checkpoint": [checkpoint_cost(out, n, device) for n in sizes],
-           "real_oom": None if args.cpu else real_oom(out)}
-    print(json.dumps(res, indent=2))
+    print(json.dumps({"device": "cpu" if args.cpu else torch.cuda.get_device_name()}), flush=True)
+    if not args.cpu:
+        print(json.dumps({"real_oom": real_oom(out)}), flush=True)
+    print(json.dumps({"resume": resume_check(out, iters, device, CPU_SMOKE if args.cpu else ())}), flush=True)
+    for n in sizes:
+        print(json.dumps({"checkpoint": checkpoint_cost(out, n, device)}), flush=True)
 
 
 if __name__ == "__main__":

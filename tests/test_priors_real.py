@@ -582,3 +582,42 @@ def test_a_nan_from_the_unet_is_skipped_and_counted_not_zeroed(sd_folder, monkey
     assert s1.step() is False and s1.trainer.bad_steps == 1  # the NaN step: skipped, counted
     assert all(torch.equal(after_first[k], v) for k, v in s1.model.params.items())  # and changed nothing
     assert s1.step() is True and s1.trainer.bad_steps == 1
+
+
+def test_compiled_unet_and_encoder_match_eager_and_optimize_resets(sd_folder, monkeypatch):
+    """``optimize(compile=True)`` routes the UNet call and the VAE encoder (forward and backward)
+    through ``torch.compile``; the result equals the eager path, and a later ``optimize()`` goes
+    back to eager. Inductor's code generation is too slow for CI's CPUs, so the compiled graphs run
+    on the ``aot_eager`` backend: Dynamo's tracing and AOT autograd are what is exercised here."""
+    from dreamgs.priors.sd import StableDiffusionPrior
+
+    real_compile = torch.compile
+    compiled = []
+
+    def fake_compile(fn, **kw):
+        compiled.append(fn)
+        return real_compile(fn, backend="aot_eager", **kw)
+
+    prior = StableDiffusionPrior(str(sd_folder), prompt="a hamburger", dtype=torch.float32, resolution=R, seed=1)
+    cams = _front_back_cams()
+    images = torch.rand(2, 3, R, R, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        latent_shape = prior.encode_images(images).shape
+    noise = torch.randn(latent_shape, generator=torch.Generator().manual_seed(6))
+
+    def sds_and_refine():
+        x = images.clone().requires_grad_(True)
+        prior.sds(x, cams, 0.5, t=400, noise=noise).backward()
+        return x.grad, prior.refine(images, cams, 0.3, 3, noise=noise)
+
+    grad_eager, refined_eager = sds_and_refine()
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    prior.optimize(compile=True)
+    assert len(compiled) == 2 and prior._unet_call is not None and prior._encode_call is not None
+    torch._dynamo.reset()
+    grad_c, refined_c = sds_and_refine()
+    assert grad_eager.abs().max() > 0
+    torch.testing.assert_close(grad_c, grad_eager, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(refined_c, refined_eager, rtol=1e-4, atol=1e-5)
+    prior.optimize()
+    assert prior._unet_call is None and prior._encode_call is None

@@ -78,7 +78,7 @@ class PriorConfig:
     t_schedule: str = "anneal"  # anneal | random
     dtype: str = "auto"  # auto | fp32 | fp16 | bf16
     channels_last: bool = False  # CUDA: channels-last UNet/VAE (slower VAE at batch 1: docs/benchmarks.md)
-    compile: bool = False  # CUDA: torch.compile the UNet (pays off over long runs)
+    compile: bool = False  # CUDA: torch.compile the UNet call and VAE encoder (compiles on first use)
     cuda_graphs: bool = True  # CUDA: replay the UNet call and the VAE encoder from CUDA graphs
     view_dependent_prompt: bool = True
     resolution: int = 0  # 0 = the prior's native resolution
