@@ -41,10 +41,10 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
             python3 benchmarks/prior_speed.py --model $MODELS/sd --kind sd --batch 1 4
             python3 benchmarks/prior_speed.py --model $MODELS/zero123 --kind zero123 --batch 1 4 ;;
         compile)
-            timeout 240 python3 benchmarks/prior_speed.py --model $MODELS/sd --kind sd --profile \
-                --variants eager cuda_graphs compile compile+cuda_graphs
-            timeout 200 python3 benchmarks/prior_speed.py --model $MODELS/zero123 --kind zero123 --profile \
-                --variants eager cuda_graphs compile compile+cuda_graphs ;;
+            V="eager cuda_graphs cuda_graphs+vae_matmul_attention channels_last+cuda_graphs+vae_matmul_attention
+               compile+cuda_graphs+vae_matmul_attention channels_last+compile+cuda_graphs+vae_matmul_attention"
+            timeout 240 python3 benchmarks/prior_speed.py --model $MODELS/sd --kind sd --profile --variants $V
+            timeout 200 python3 benchmarks/prior_speed.py --model $MODELS/zero123 --kind zero123 --profile --variants $V ;;
         mesh)
             python3 benchmarks/bench_mesh.py --device cuda ;;
         pipeline)

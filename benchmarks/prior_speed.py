@@ -7,14 +7,15 @@ random full-size folders from ``full_size_models.py``::
     python benchmarks/prior_speed.py --model /tmp/z123 --kind zero123
 
 The prior is loaded once and each variant of ``--variants`` (``eager`` = plain fp16 as the
-reference code runs it, ``channels_last``, ``cuda_graphs`` (the default on CUDA), ``compile``,
-``compile+cuda_graphs``) is set with ``prior.optimize``. For each it prints the seconds of the
+reference code runs it, or a '+'-joined set of ``prior.optimize`` options, e.g.
+``cuda_graphs+vae_matmul_attention``) is set with ``prior.optimize``. For each it prints the seconds of the
 first UNet call and VAE forward + backward (compilation, graph capture, autotuning), then the
 median milliseconds of: the guided UNet call (the CFG pair in one batch), the VAE
 encoder forward + backward, a whole SDS step (encode, UNet, backward to the images) and an SDEdit
 refine (``strength`` 0.2, 5 DDIM steps, as stage 2 does), and the relative difference of the SDS
 image gradient and the refined images from the eager ones on the same inputs and noise.
-``--profile`` prints the CUDA kernels that take the eager VAE encoder's forward + backward time.
+``--profile`` prints the CUDA kernels that take the VAE encoder's forward + backward time, eager
+and with matrix-multiply attention.
 ``--cpu`` runs the same on the CPU (no CUDA graphs) as a smoke test.
 """
 
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--variants", nargs="+", default=["eager", "channels_last", "cuda_graphs"],
-                    choices=["eager", "channels_last", "cuda_graphs", "compile", "compile+cuda_graphs"])
+                    help="each a '+'-joined set of prior.optimize options: channels_last, cuda_graphs, "
+                         "compile, vae_matmul_attention; or eager")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
@@ -133,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     size = args.render_size or prior.resolution
     if args.profile and device.type == "cuda":
         profile_vae(prior, size, device)
+        profile_vae(prior, size, device, vae_matmul_attention=True)
     rows = []
     for batch in args.batch:
         ref_out = None
@@ -163,11 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def profile_vae(prior, size: int, device) -> None:
-    """The kernels of one eager VAE encoder forward + backward, grouped by name, by CUDA time."""
+def profile_vae(prior, size: int, device, **opts) -> None:
+    """The kernels of one VAE encoder forward + backward, grouped by name, by CUDA time."""
     from torch.profiler import ProfilerActivity, profile
 
-    prior.optimize()
+    prior.optimize(**opts)
     images = torch.rand(1, 3, size, size, device=device, requires_grad=True)
 
     def step():
@@ -186,29 +189,19 @@ def profile_vae(prior, size: int, device) -> None:
         if ev.device_type.name != "CUDA" or t <= 0:
             continue
         n = ev.key.lower()
-        kind = ("convolution (cuDNN/CUTLASS)" if any(k in n for k in ("conv", "cudnn", "implicit", "xmma", "sm90"))
-                else "group norm" if "group" in n or "norm" in n
+        kind = ("attention" if "fmha" in n or "attention" in n or "flash" in n or "softmax" in n
+                else "layout transposes (cuDNN NCHW <-> NHWC)" if "nchwtonhwc" in n or "nhwctonchw" in n
+                else "convolution" if any(k in n for k in ("conv", "implicit_gemm", "xmma", "cudnn"))
+                else "group norm" if any(k in n for k in ("moments", "groupnorm", "group_norm", "computeinternal"))
+                else "matmul (cuBLAS)" if "gemm" in n or "cutlass" in n
                 else "elementwise (SiLU, add, scale, cast)" if "elementwise" in n or "vectorized" in n
-                else "reduction" if "reduce" in n
                 else "other")
         groups[kind] = groups.get(kind, 0.0) + t / 5 / 1000
     total = sum(groups.values())
-    print(f"eager VAE encoder forward + backward at {size}^2, kernel time per call: {total:.2f} ms")
+    print(f"VAE encoder forward + backward at {size}^2 {opts or 'eager'}, kernel time per call: {total:.2f} ms")
     for kind, ms in sorted(groups.items(), key=lambda kv: -kv[1]):
         print(f"  {kind:40s} {ms:7.2f} ms  {100 * ms / total:5.1f}%")
     print(prof.key_averages().table(sort_by="device_time_total", row_limit=12), flush=True)
-
-
-    print(f"\n| prior | batch | variant | UNet CFG ms | VAE fwd+bwd ms | SDS step ms | refine ms | "
-          f"SDS grad diff | refine diff | peak GiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['kind']} | {r['batch']} | {r['variant']} | {r['unet_cfg']:.2f} | {r['vae_fwd_bwd']:.2f} | "
-              f"{r['sds_step']:.2f} | {r['refine']:.1f} | {r['sds_grad_rel_diff']:.1e} | {r['refine_rel_diff']:.1e} | "
-              f"{r['peak_gib']:.2f} |")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
-    return 0
 
 
 if __name__ == "__main__":

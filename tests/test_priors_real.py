@@ -621,3 +621,37 @@ def test_compiled_unet_and_encoder_match_eager_and_optimize_resets(sd_folder, mo
     torch.testing.assert_close(refined_c, refined_eager, rtol=1e-4, atol=1e-5)
     prior.optimize()
     assert prior._unet_call is None and prior._encode_call is None
+
+
+def test_vae_matmul_attention_matches_sdpa(sd_folder):
+    """``vae_matmul_attention`` swaps the VAE's attention for the matmul processor and back; the
+    SDS image gradient (through the encoder's attention) and a refine (through the decoder's) are
+    those of the default scaled-dot-product attention."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    from dreamgs.priors.sd import StableDiffusionPrior
+
+    prior = StableDiffusionPrior(str(sd_folder), prompt="a hamburger", dtype=torch.float64, resolution=R, seed=1)
+    assert prior.vae.attn_processors, "the tiny VAE must have an attention layer for this test"
+    cams = _front_back_cams()
+    images = torch.rand(2, 3, R, R, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    with torch.no_grad():
+        noise = torch.randn(prior.encode_images(images).shape, generator=torch.Generator().manual_seed(8),
+                            dtype=torch.float64)
+
+    def run():
+        x = images.clone().requires_grad_(True)
+        prior.sds(x, cams, 0.5, t=300, noise=noise).backward()
+        return x.grad, prior.refine(images, cams, 0.3, 2, noise=noise)
+
+    grad_sdpa, refined_sdpa = run()
+    prior.optimize(vae_matmul_attention=True)
+    assert all(type(p) is AttnProcessor for p in prior.vae.attn_processors.values())
+    grad_mm, refined_mm = run()
+    # The matmul processor takes its softmax in float32 (upcast_softmax), hence float32 tolerances.
+    scale = float(grad_sdpa.abs().max())
+    assert scale > 0
+    torch.testing.assert_close(grad_mm, grad_sdpa, rtol=1e-4, atol=1e-5 * scale)
+    torch.testing.assert_close(refined_mm, refined_sdpa, rtol=1e-4, atol=1e-6)
+    prior.optimize()
+    assert all(type(p) is AttnProcessor2_0 for p in prior.vae.attn_processors.values())

@@ -80,6 +80,7 @@ class PriorConfig:
     channels_last: bool = False  # CUDA: channels-last UNet/VAE (slower VAE at batch 1: docs/benchmarks.md)
     compile: bool = False  # CUDA: torch.compile the UNet call and VAE encoder (compiles on first use)
     cuda_graphs: bool = True  # CUDA: replay the UNet call and the VAE encoder from CUDA graphs
+    vae_matmul_attention: bool = False  # CUDA: VAE attention as matmuls, not the slow SDPA fallback
     view_dependent_prompt: bool = True
     resolution: int = 0  # 0 = the prior's native resolution
     oracle_azimuths: int = 72  # oracle: reference views per elevation ring

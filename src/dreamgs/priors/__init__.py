@@ -39,7 +39,8 @@ def load_prior(cfg: "Config", device, ref_image: "torch.Tensor | None" = None) -
                   resolution=p.resolution, seed=cfg.seed)
     if p.guidance_scale is not None:  # None keeps the prior's own default (SD 100, Zero123 5)
         common["guidance_scale"] = p.guidance_scale
-    speed = (dict(channels_last=p.channels_last, compile=p.compile, cuda_graphs=p.cuda_graphs)
+    speed = (dict(channels_last=p.channels_last, compile=p.compile, cuda_graphs=p.cuda_graphs,
+                  vae_matmul_attention=p.vae_matmul_attention)
              if str(device).startswith("cuda") else {})
     if kind == "sd":
         from .sd import DEFAULT_SD_MODEL, StableDiffusionPrior

@@ -62,20 +62,29 @@ class LatentDiffusionPrior(Prior):
         self._noise_gen = (torch.Generator(device=self.device).manual_seed(seed)
                            if self.device.type == "cuda" else self._cpu_gen)
 
-    def optimize(self, channels_last: bool = False, compile: bool = False,
-                 cuda_graphs: bool = False) -> "LatentDiffusionPrior":
+    def optimize(self, channels_last: bool = False, compile: bool = False, cuda_graphs: bool = False,
+                 vae_matmul_attention: bool = False) -> "LatentDiffusionPrior":
         """Speed options for CUDA: channels-last UNet/VAE weights, ``torch.compile`` of the UNet
-        call and the VAE encoder, and CUDA graphs of the UNet call (inference) and of the VAE
-        encoder (forward and backward). Each call sets all three from scratch.
+        call and the VAE encoder, CUDA graphs of the UNet call (inference) and of the VAE encoder
+        (forward and backward), and plain matrix-multiply attention in the VAE. Each call sets
+        them all from scratch.
+
+        The VAE's one attention layer is single-headed with 512 channels, more than the flash
+        kernels take, so ``scaled_dot_product_attention`` falls back to a memory-efficient kernel
+        whose backward is slow (docs/benchmarks.md); ``vae_matmul_attention`` computes it as two
+        batched matrix products and a softmax instead (diffusers' ``AttnProcessor``).
 
         Results are unchanged up to floating-point rounding. Compilation happens on the first call
         of each input shape (tens of seconds for a full-size UNet; inductor caches it on disk).
         A CUDA graph is captured once per input shape (a second or two each) and then replayed,
         which removes the per-kernel launch cost of the many small kernels of a UNet at batch 2.
         """
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.unet.to(memory_format=fmt)
         self.vae.to(memory_format=fmt)
+        self.vae.set_attn_processor(AttnProcessor() if vae_matmul_attention else AttnProcessor2_0())
         unet = self.unet
 
         def unet_call(s, t, e):
