@@ -77,10 +77,10 @@ class PriorConfig:
     t_max: float = 0.98
     t_schedule: str = "anneal"  # anneal | random
     dtype: str = "auto"  # auto | fp32 | fp16 | bf16
-    channels_last: bool = False  # CUDA: channels-last UNet/VAE (slower VAE at batch 1: docs/benchmarks.md)
+    channels_last: bool = True  # CUDA: channels-last UNet weights (the VAE stays NCHW: docs/benchmarks.md)
     compile: bool = False  # CUDA: torch.compile the UNet call and VAE encoder (compiles on first use)
     cuda_graphs: bool = True  # CUDA: replay the UNet call and the VAE encoder from CUDA graphs
-    vae_matmul_attention: bool = False  # CUDA: VAE attention as matmuls, not the slow SDPA fallback
+    vae_matmul_attention: bool = True  # CUDA: VAE attention as matmuls, not the slow SDPA fallback
     view_dependent_prompt: bool = True
     resolution: int = 0  # 0 = the prior's native resolution
     oracle_azimuths: int = 72  # oracle: reference views per elevation ring

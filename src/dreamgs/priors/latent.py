@@ -64,15 +64,16 @@ class LatentDiffusionPrior(Prior):
 
     def optimize(self, channels_last: bool = False, compile: bool = False, cuda_graphs: bool = False,
                  vae_matmul_attention: bool = False) -> "LatentDiffusionPrior":
-        """Speed options for CUDA: channels-last UNet/VAE weights, ``torch.compile`` of the UNet
-        call and the VAE encoder, CUDA graphs of the UNet call (inference) and of the VAE encoder
+        """Speed options for CUDA: channels-last UNet weights, ``torch.compile`` of the UNet call
+        and the VAE encoder, CUDA graphs of the UNet call (inference) and of the VAE encoder
         (forward and backward), and plain matrix-multiply attention in the VAE. Each call sets
         them all from scratch.
 
         The VAE's one attention layer is single-headed with 512 channels, more than the flash
         kernels take, so ``scaled_dot_product_attention`` falls back to a memory-efficient kernel
         whose backward is slow (docs/benchmarks.md); ``vae_matmul_attention`` computes it as two
-        batched matrix products and a softmax instead (diffusers' ``AttnProcessor``).
+        batched matrix products and a softmax instead (diffusers' ``AttnProcessor``). The VAE
+        stays in NCHW: channels-last slows its GroupNorm-heavy encoder (measured).
 
         Results are unchanged up to floating-point rounding. Compilation happens on the first call
         of each input shape (tens of seconds for a full-size UNet; inductor caches it on disk).
@@ -81,9 +82,7 @@ class LatentDiffusionPrior(Prior):
         """
         from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        self.unet.to(memory_format=fmt)
-        self.vae.to(memory_format=fmt)
+        self.unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         self.vae.set_attn_processor(AttnProcessor() if vae_matmul_attention else AttnProcessor2_0())
         unet = self.unet
 
