@@ -92,7 +92,7 @@ def resume_check(out: Path, iters: int, device: str, extra: tuple[str, ...] = ()
 
 def checkpoint_cost(out: Path, n: int, device: str) -> dict:
     cfg = Config()
-    model = GaussianModel.random_ball(n).to(device)
+    model = GaussianModel.random_ball(n, device=device)  # its k-NN scale init on the GPU: brute force
     trainer = GaussianTrainer(model, cfg.gaussians, cfg.densify, seed=0)
     loss = sum(p.square().sum() for p in model.params.values())  # one step so Adam has state
     trainer.step(loss, [])
