@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from dreamgs.config import DensifyConfig, GaussianConfig
@@ -9,14 +10,33 @@ from dreamgs.gaussians import (DensifyStats, GaussianModel, densify_and_prune, e
                                make_optimizer, nearest_neighbor_scales, quat_to_rotmat, rgb_to_sh)
 
 
-def test_nearest_neighbor_scales_match_brute_force():
+@pytest.mark.parametrize("method", ["kdtree", "brute", "auto"])
+def test_nearest_neighbor_scales_match_brute_force(method):
     g = torch.Generator().manual_seed(0)
     pts = torch.rand(300, 3, generator=g, dtype=torch.float64)
-    ours = nearest_neighbor_scales(pts, k=3, chunk=64)
+    pts[7] = pts[3]  # a duplicate: its nearest neighbour is at distance 0, not itself
+    ours = nearest_neighbor_scales(pts, k=3, chunk=64, method=method)
     d = ((pts[:, None] - pts[None]) ** 2).sum(-1)
     d.fill_diagonal_(float("inf"))
     ref = d.sort(dim=1).values[:, :3].mean(1).sqrt()
     torch.testing.assert_close(ours, ref)
+    assert ours.dtype == pts.dtype
+
+
+def test_nearest_neighbor_scales_of_many_points_on_the_cpu_are_fast():
+    """The k-d tree makes a million-point initialisation a matter of seconds (brute force on the
+    CPU would take hours); spot-check it against brute force for some of the points."""
+    import time
+
+    pts = torch.rand(1_000_000, 3, generator=torch.Generator().manual_seed(1))
+    t = time.perf_counter()
+    ours = nearest_neighbor_scales(pts)
+    assert time.perf_counter() - t < 60
+    idx = torch.arange(0, 1_000_000, 99_991)
+    d = torch.cdist(pts[idx].double(), pts.double())
+    d[torch.arange(len(idx)), idx] = float("inf")
+    ref = d.topk(3, dim=1, largest=False).values.square().mean(1).sqrt()
+    torch.testing.assert_close(ours[idx].double(), ref, rtol=1e-5, atol=1e-7)
 
 
 def test_random_ball_init_is_inside_ball_grey_and_low_opacity():

@@ -83,15 +83,28 @@ def quat_to_rotmat(quats: Tensor) -> Tensor:
     ], dim=-1).reshape(*q.shape[:-1], 3, 3)
 
 
-def nearest_neighbor_scales(points: Tensor, k: int = 3, chunk: int = 4096) -> Tensor:
-    """Root-mean-square distance of each point to its ``k`` nearest neighbours (N,), in torch.
+def nearest_neighbor_scales(points: Tensor, k: int = 3, chunk: int = 4096, method: str = "auto") -> Tensor:
+    """Root-mean-square distance of each point to its ``k`` nearest neighbours (N,).
 
-    Computed in chunks with ``torch.cdist`` so memory stays O(chunk * N), no CUDA extension.
+    ``method``: ``kdtree`` (scipy's, O(N log N), on the CPU), ``brute`` (chunked ``torch.cdist``
+    on the points' device, O(N^2) work, O(chunk * N) memory) or ``auto``: the k-d tree for CPU
+    tensors, brute force on a GPU.
     """
     n = points.shape[0]
     if n <= 1:
         return torch.full((n,), 0.01, dtype=points.dtype, device=points.device)
     k = min(k, n - 1)
+    if method == "auto":
+        method = "kdtree" if points.device.type == "cpu" else "brute"
+    if method == "kdtree":
+        from scipy.spatial import cKDTree
+
+        p = points.detach().cpu().double().numpy()
+        dist, _ = cKDTree(p).query(p, k=k + 1)  # the nearest is the point itself, at distance 0
+        rms = np.sqrt(np.square(dist[:, 1:]).mean(axis=1))
+        return torch.from_numpy(rms).to(points.device, points.dtype).clamp_min(1e-7)
+    if method != "brute":
+        raise ValueError(f"nearest_neighbor_scales: unknown method '{method}'")
     out = []
     for i in range(0, n, chunk):
         d = torch.cdist(points[i:i + chunk], points)
