@@ -43,7 +43,7 @@ IMAGE = ROOT / "examples" / "images" / "anya_rgba.png"
 VARIANTS = {
     "baseline": ["prior.dtype=fp16", "prior.channels_last=false", "prior.compile=false", "prior.cuda_graphs=false",
                  "prior.vae_matmul_attention=false", "gaussians.fused_adam=false", "texture.unwrap_piece_faces=0"],
-    "fast": [],  # the defaults on CUDA: fp16, CUDA graphs, fused Adam
+    "fast": [],  # the defaults on CUDA (see the docstring)
     "fast-no-channels-last": ["prior.channels_last=false"],
     "fast-bf16": ["prior.dtype=bf16"],
     "fast-compile": ["prior.compile=true"],
