@@ -2,6 +2,7 @@
 oracle prior's measured quality against the true asset."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -162,3 +163,15 @@ def test_image_mode_reference_camera_and_linear_loss_warmup():
         warm = min(1.0, (step + 1) / (s.warmup_fraction * s.iters))  # 0.2, 0.4, ... 1.0, then 1.0
         expect = warm * (s.lambda_rgb * s1.last["rgb"] + s.lambda_mask * s1.last["mask"])
         assert s1.last["loss"] == pytest.approx(expect, rel=1e-5), step
+
+
+def test_finite_and_floats_checks_every_tensor_and_reads_values_exactly():
+    from dreamgs.train import finite_and_floats
+
+    loss = torch.tensor(0.25)
+    grad = torch.ones(4, 3)
+    assert finite_and_floats([loss, grad], [loss, torch.tensor([1.5])]) == (True, [0.25, 1.5])
+    grad[2, 1] = float("inf")
+    ok, vals = finite_and_floats([loss, grad], [torch.tensor(float("nan"))])
+    assert ok is False and math.isnan(vals[0])
+    assert finite_and_floats([torch.tensor(float("nan")), torch.ones(2)], []) == (False, [])

@@ -25,6 +25,7 @@ from .gaussians import GaussianModel
 from .mesh import Mesh
 from .priors.base import Prior
 from .render import render
+from .train import finite_and_floats
 
 
 @torch.no_grad()
@@ -88,8 +89,7 @@ def refine_texture(mesh: Mesh, prior: Prior, cfg: Config, ref=None, generator: t
             loss = loss + s2.lambda_ref * F.mse_loss(r.rgb[0] * a, gt * a)  # colour where the input shows the object
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        finite = torch.isfinite(loss.detach()) & torch.isfinite(logits.grad).all()
-        ok, loss_value = torch.stack([finite.to(loss.dtype), loss.detach()]).tolist()  # one wait for the device
+        ok, (loss_value,) = finite_and_floats([loss, logits.grad], [loss])  # one wait for the device
         if not ok:
             opt.zero_grad(set_to_none=True)
             stats["bad_steps"] += 1

@@ -20,6 +20,16 @@ from .gaussians import DensifyStats, GaussianModel, densify_and_prune, make_opti
 from .render import RenderOutput
 
 
+def finite_and_floats(checked: list[Tensor], values: list[Tensor]) -> tuple[bool, list[float]]:
+    """Whether every tensor in ``checked`` is finite, and the scalar tensors ``values`` as floats,
+    read back from the device in one copy (in ``checked[0]``'s dtype), so a step waits once."""
+    ref = checked[0]
+    flag = torch.stack([torch.isfinite(t.detach()).all() for t in checked]).all()
+    out = torch.stack([flag.to(ref.dtype)] + [v.detach().to(ref.device, ref.dtype).reshape(()) for v in values])
+    ok, *floats = out.tolist()
+    return bool(ok), floats
+
+
 class GaussianTrainer:
     def __init__(self, model: GaussianModel, gcfg: GaussianConfig, dcfg: DensifyConfig, seed: int,
                  spatial_scale: float = 1.0, max_bad_steps: int = 20):
@@ -47,12 +57,9 @@ class GaussianTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         if loss.requires_grad:
             loss.backward()
-        flags = [torch.isfinite(loss.detach()).all()]
-        flags += [torch.isfinite(p.grad).all() for p in self.model.params.values() if p.grad is not None]
+        grads = [p.grad for p in self.model.params.values() if p.grad is not None]
         names = list(report or {})
-        values = torch.stack([torch.stack(flags).all().to(loss.dtype)]
-                             + [report[k].detach().to(loss.device, loss.dtype).reshape(()) for k in names])
-        ok, *vals = values.tolist()
+        ok, vals = finite_and_floats([loss, *grads], [report[k] for k in names])
         self.last_report = dict(zip(names, vals))
         if not ok:
             self.optimizer.zero_grad(set_to_none=True)
