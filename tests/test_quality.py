@@ -17,6 +17,7 @@ import torch
 
 from dreamgs.assets import make_asset
 from dreamgs.cameras import make_cameras
+from dreamgs.config import load_config
 from dreamgs.evaluate import asset_views, front_back, gaussian_views, heldout_cameras, psnr_per_view
 from dreamgs.gaussians import load_ply
 from dreamgs.media import save_image
@@ -30,16 +31,16 @@ STAGE1 = [f"device={DEVICE}", f"backend={BACKEND}", "prior.kind=oracle", "stage1
           "densify.max_gaussians=3000", "seed=0", "export.video=false", "stage2.enabled=false"]
 
 
-def _scores(model, asset, cfg_radius):
+def _scores(model, asset, mode):
     mesh = make_asset(asset)
-    cams = heldout_cameras(cfg_radius, 49.1, 64)
+    cams = heldout_cameras(load_config(mode, None, STAGE1), 8, 64)
     return psnr_per_view(gaussian_views(model, cams), asset_views(mesh, cams)), mesh
 
 
 def test_text_mode_oracle_reaches_22db_and_keeps_front_and_back(tmp_path):
     res = generate("a ceramic mug", overrides=STAGE1, run_dir=tmp_path / "run", progress=False)
     model = load_ply(tmp_path / "run" / "model.ply")
-    scores, mesh = _scores(model, "mug", 2.5)
+    scores, mesh = _scores(model, "mug", "text")
     print(f"\ntext mode (mug): held-out PSNR mean {np.mean(scores):.2f} dB, min {min(scores):.2f} dB")
     assert min(scores) > 19.0, scores
     assert sum(scores) / len(scores) >= 22.0, scores
@@ -59,7 +60,7 @@ def test_image_mode_oracle_reaches_24db_from_one_view(tmp_path):
     generate(image=tmp_path / "house_rgba.png", overrides=STAGE1 + ["stage1.ref_size=128", "elevation=0"],
              run_dir=tmp_path / "run", progress=False)
     model = load_ply(tmp_path / "run" / "model.ply")
-    scores, mesh = _scores(model, "house", 2.0)
+    scores, mesh = _scores(model, "house", "image")
     print(f"\nimage mode (house): held-out PSNR mean {np.mean(scores):.2f} dB, min {min(scores):.2f} dB")
     assert min(scores) > 22.0, scores
     assert sum(scores) / len(scores) >= 24.0, scores

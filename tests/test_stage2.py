@@ -54,7 +54,7 @@ def test_baked_and_refined_texture_reaches_24db_at_128(fitted):
     timings = {}
     mesh = run_stage2(model, prior, cfg, progress=False, timings=timings)
     assert {"extract", "unwrap", "bake", "refine"} <= set(timings)
-    cams = heldout_cameras(cfg.camera.radius, cfg.camera.fovy, 128)
+    cams = heldout_cameras(cfg, 8, 128)
     scores = psnr_per_view(render_mesh(mesh, cams, background=torch.ones(3), ssaa=4).rgb, asset_views(house, cams))
     print(f"\ntextured mesh: held-out PSNR mean {sum(scores) / len(scores):.2f} dB, min {min(scores):.2f} dB")
     assert min(scores) > 22.0, scores

@@ -33,6 +33,9 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="parent folder for the run folder (default: outputs)")
     p.add_argument("--run-dir", metavar="DIR", help="exact run folder to write (default: a new folder under --out)")
     p.add_argument("--no-mesh", action="store_true", help="stop after stage 1 (Gaussians, .ply, video)")
+    p.add_argument("--preset", choices=("auto", "preview", "full"),
+                   help="sizes: preview (quick, the default on a CPU or with the oracle prior) or full "
+                        "(DreamGaussian's sizes); auto picks by device and prior")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_args(p)
 
@@ -67,6 +70,8 @@ def _generation_overrides(args) -> list[str]:
         ov.append(f"prior.model={args.model}")
     if args.no_mesh:
         ov.append("stage2.enabled=false")
+    if getattr(args, "preset", None):
+        ov.append(f"preset={args.preset}")
     if getattr(args, "negative", None):
         ov.append(f"negative_prompt={args.negative}")
     if getattr(args, "elevation", None) is not None:
@@ -323,6 +328,45 @@ def _cmd_batch(args) -> int:
     return 0 if report.ok else 1
 
 
+# --- bench ----------------------------------------------------------------------------------------
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench", help="score methods against known 3D assets with the oracle prior, beside baselines",
+        description="Run methods on assets x seeds with the oracle prior through the whole pipeline, score the "
+                    "exported model.glb at held-out cameras (PSNR, masked PSNR, pose offset, Chamfer) beside the "
+                    "baselines (truth, lookup, turned15, turned30, flat, blob); write bench.json, bench.md and "
+                    "bench.png. Tune on the dev split, report on test.")
+    p.add_argument("--methods", default="dreamgaussian", metavar="A,B", help="methods to run (default dreamgaussian)")
+    p.add_argument("--assets", nargs="+", default=["test"], metavar="ASSET",
+                   help="dev | test (splits), mug | house | die | gen:N, or mesh files (default: test)")
+    p.add_argument("--mode", choices=("text", "image"), default="text")
+    p.add_argument("--setting", choices=("standard", "hard"), default="standard",
+                   help="hard: the Janus-prone text oracle (no view words) / the image oracle that must infer the "
+                        "unseen side")
+    p.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds 0..N-1 per asset (default 3)")
+    p.add_argument("--out", default="outputs/bench", metavar="DIR", help="output folder (default outputs/bench)")
+    p.add_argument("--views", type=int, default=24, help="held-out cameras per asset (default 24)")
+    p.add_argument("--size", type=int, default=64, help="image size of the scores in pixels (default 64)")
+    p.add_argument("--jobs", type=int, default=1, help="method runs in parallel processes (default 1)")
+    p.add_argument("--device", default="auto", help="device of the runs: auto | cpu | cuda")
+    p.add_argument("--no-baselines", action="store_true", help="score the methods only")
+    _add_config_args(p)
+
+
+def _cmd_bench(args) -> int:
+    from .bench import run_bench
+    from .errors import InputError
+
+    if args.seeds < 1 or args.views < 1 or args.size < 8 or args.jobs < 1:
+        raise InputError("bench: --seeds, --views and --jobs must be >= 1 and --size >= 8")
+    run_bench([m.strip() for m in args.methods.split(",") if m.strip()], args.assets, mode=args.mode,
+              setting=args.setting, seeds=range(args.seeds), out_dir=args.out, overrides=args.overrides,
+              config=args.config, baselines=not args.no_baselines, views=args.views, size=args.size, device=args.device, jobs=args.jobs)
+    return 0
+
+
 # --- main -----------------------------------------------------------------------------------------
 
 COMMANDS = {
@@ -335,6 +379,7 @@ COMMANDS = {
     "info": (_add_info, _cmd_info),
     "app": (_add_app, _cmd_app),
     "batch": (_add_batch, _cmd_batch),
+    "bench": (_add_bench, _cmd_bench),
 }
 
 

@@ -5,7 +5,9 @@ Resolution order (later wins):
 1. the dataclass defaults below (the text-to-3D settings of DreamGaussian),
 2. the packaged preset for the mode (``configs/<mode>.yaml``),
 3. a user YAML file (``--config file.yaml``),
-4. ``section.key=value`` overrides from the command line.
+4. ``section.key=value`` overrides from the command line,
+5. the size preset (``preset``): ``preview`` sizes replace the full-size values of the keys that
+   the user did not set (steps 3 and 4); see :func:`preview_values`.
 
 Every value is type-checked against its field; unknown keys are rejected with a suggestion.
 """
@@ -177,6 +179,7 @@ class FitConfig:
 @dataclass
 class Config:
     mode: str = "text"  # text | image
+    preset: str = "auto"  # auto | preview | full: sizes for the device and prior (see preview_values)
     prompt: str = ""
     negative_prompt: str = ""
     image: str = ""
@@ -358,22 +361,102 @@ def load_config(
     config_file: str | Path | None = None,
     overrides: typing.Sequence[str] = (),
 ) -> Config:
-    """Resolve a config: defaults, then the mode preset, the user's YAML and the overrides."""
+    """Resolve a config: defaults, then the mode preset, the user's YAML and the overrides, then
+    the size preset for the keys the user did not set (see :func:`apply_size_preset`)."""
     cfg = Config()
     apply_dict(cfg, preset(mode), f"preset {mode}.yaml")
     cfg.mode = mode
+    user_keys: set[str] = set()
     if config_file:
-        apply_dict(cfg, load_yaml(config_file), str(config_file))
+        data = load_yaml(config_file)
+        apply_dict(cfg, data, str(config_file))
+        user_keys |= _flat_keys(data)
     for ov in overrides:
         apply_override(cfg, ov)
+        user_keys.add(ov.split("=", 1)[0].strip())
+    validate(cfg)
+    apply_size_preset(cfg, user_keys)
     validate(cfg)
     return cfg
+
+
+def _flat_keys(data: dict, prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for k, v in data.items():
+        keys |= _flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
+    return keys
+
+
+PRIOR_RESOLUTION = {"sd": 512, "zero123": 256, "stable-zero123": 256}  # native image size of each prior
+
+
+def prior_resolution(cfg: Config) -> int:
+    """The square image size the configured prior works at."""
+    if cfg.prior.kind == "oracle":
+        return cfg.prior.oracle_resolution
+    return cfg.prior.resolution or PRIOR_RESOLUTION.get(cfg.prior.kind, 512)
+
+
+def resolve_preset(cfg: Config) -> str:
+    """``preview`` on a CPU, or wherever the renders would be more than twice the prior's
+    resolution (the oracle works at 64 px); else ``full``. An explicit preset is kept."""
+    if cfg.preset != "auto":
+        return cfg.preset
+    device = cfg.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not device.startswith("cuda"):
+        return "preview"
+    return "preview" if max(cfg.stage1.render_sizes) > 2 * prior_resolution(cfg) else "full"
+
+
+def preview_values(cfg: Config) -> dict[str, Any]:
+    """The ``preview`` preset: render sizes up to twice the prior's resolution, a Gaussian cap,
+    fewer bake views, a smaller texture and 256-pixel videos (dotted key -> value)."""
+    cap = 2 * prior_resolution(cfg)
+    return {
+        "stage1.render_sizes": tuple(min(s, cap) for s in cfg.stage1.render_sizes),
+        "densify.max_gaussians": min(cfg.densify.max_gaussians, PREVIEW_MAX_GAUSSIANS),
+        "texture.bake_views": min(cfg.texture.bake_views, 12),
+        "texture.bake_resolution": min(cfg.texture.bake_resolution, max(2 * cap, 128)),
+        "texture.size": min(cfg.texture.size, 512),
+        "stage2.render_size": min(cfg.stage2.render_size, cap),
+        "export.video_size": min(cfg.export.video_size, 256),
+        "mesh.target_faces": min(cfg.mesh.target_faces, 30_000),
+    }
+
+
+PREVIEW_MAX_GAUSSIANS = 10_000
+
+
+def apply_size_preset(cfg: Config, user_keys: typing.Collection[str] = ()) -> None:
+    """Resolve ``cfg.preset`` (``auto`` -> ``preview`` or ``full``) and, for ``preview``, set
+    every :func:`preview_values` key that is not in ``user_keys``."""
+    cfg.preset = resolve_preset(cfg)
+    if cfg.preset == "preview":
+        for key, value in preview_values(cfg).items():
+            if key not in user_keys:
+                section, name = key.split(".")
+                setattr(getattr(cfg, section), name, value)
+
+
+def preset_line(cfg: Config) -> str:
+    """One line naming the run's size preset and how to choose the other."""
+    if cfg.preset == "preview":
+        return (f"preset: preview (renders up to {max(cfg.stage1.render_sizes)} px, at most "
+                f"{cfg.densify.max_gaussians} Gaussians, {cfg.texture.size} px texture, {cfg.export.video_size} px "
+                "videos); for the full-size settings add --preset full")
+    return "preset: full (DreamGaussian's sizes; --preset preview for a quick run on a CPU)"
 
 
 def validate(cfg: Config) -> None:
     """Check value ranges that the types alone cannot express."""
     if cfg.mode not in ("text", "image"):
         raise ConfigError(f"mode: expected 'text' or 'image', got '{cfg.mode}'")
+    if cfg.preset not in ("auto", "preview", "full"):
+        raise ConfigError(f"preset: expected auto, preview or full, got '{cfg.preset}'")
     if cfg.backend not in ("auto", "gsplat", "torch"):
         raise ConfigError(f"backend: expected auto, gsplat or torch, got '{cfg.backend}'")
     if cfg.prior.t_schedule not in ("anneal", "random"):

@@ -1,0 +1,480 @@
+"""``dreamgs bench``: methods x assets x seeds against the oracle's truth, with baselines.
+
+Each run goes through the whole pipeline with the oracle prior of one asset (stage 1, mesh,
+stage 2, exports), and what is scored is what the user receives: the exported ``model.glb``,
+rendered at held-out cameras (:func:`dreamgs.evaluate.heldout_cameras`) and compared with the true
+asset. Per run: PSNR over the whole image and over the union of the two silhouettes, the pose
+offset (the azimuth turn of the truth that best matches the result), Chamfer distance between the
+generated mesh and the true outer surface (percent of the bounding-box diagonal), the front/back
+check, and the wall time.
+
+Baselines are scored in exactly the same way at the same cameras, per asset:
+
+- ``truth``: the asset itself (PSNR capped at 100 dB), the ceiling;
+- ``lookup``: at each held-out camera, the render at the nearest oracle reference camera;
+- ``turned15``, ``turned30``: the truth turned by 15 and 30 degrees in azimuth;
+- ``flat``: the true silhouette filled with the asset's mean colour;
+- ``blob``: the initial Gaussians (stage 1's starting ball).
+
+Settings: ``standard`` is the mode's normal oracle; ``hard`` is the Janus-prone text oracle (the
+prompt alone, no view words) in text mode, and in image mode the oracle that knows the input
+asset only from the input view's side and must infer the rest (``prior.oracle_unseen=family``).
+
+Splits (:data:`dreamgs.assets.SPLITS`): ``dev`` (the built-in assets and dev seeds of the
+procedural generator) is where defaults may be tuned; ``test`` (procedural assets from a fixed
+seed list) is what results are reported on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+BASELINES = ("truth", "lookup", "turned15", "turned30", "flat", "blob")
+SETTINGS = {
+    ("text", "standard"): [],
+    ("text", "hard"): ["prior.view_dependent_prompt=false"],
+    ("image", "standard"): [],
+    ("image", "hard"): ["prior.oracle_unseen=family"],
+}
+SHEET_VIEWS = 4  # held-out views per asset in bench.png
+
+
+@dataclass
+class Job:
+    """One method run: a mode and setting, an asset, a seed, config overrides and its folder."""
+
+    method: str
+    mode: str
+    setting: str
+    asset: str
+    seed: int
+    overrides: list[str]
+    run_dir: Path
+    device: str = "auto"
+    config: str | None = None  # a YAML config file applied before the overrides
+
+
+MethodFn = Callable[[Job], Path]  # runs the job, returns the path of the exported model.glb
+
+
+# ------------------------------------------------------------------------------------------------
+# Assets and configs
+
+
+def resolve_assets(specs: Sequence[str]) -> list[str]:
+    """``dev`` / ``test`` (a split), built-in or generated names (``gen:N``) and mesh paths."""
+    from . import assets
+
+    out: list[str] = []
+    for spec in specs:
+        if spec in assets.SPLITS:
+            out.extend(assets.split_assets(spec))
+        elif spec in assets.ASSET_NAMES or spec.startswith("gen:"):
+            assets.make_asset(spec)  # fails early with a clear message on a bad name
+            out.append(spec)
+        elif Path(spec).is_file():
+            out.append(str(Path(spec)))
+        else:
+            raise InputError(f"bench: asset '{spec}' is neither a split ({', '.join(assets.SPLITS)}), a built-in "
+                             f"asset ({', '.join(assets.ASSET_NAMES)}), a generated one (gen:N) nor a mesh file")
+    return list(dict.fromkeys(out))
+
+
+def load_truth(asset: str):
+    """The true mesh of an asset, in the frame the oracle uses for it."""
+    from . import assets
+
+    if asset in assets.ASSET_NAMES or asset.startswith("gen:"):
+        return assets.make_asset(asset)
+    from .mesh.io import load_mesh, normalize_mesh
+
+    return normalize_mesh(load_mesh(asset))
+
+
+def asset_label(asset: str) -> str:
+    return Path(asset).stem if Path(asset).suffix else asset
+
+
+def job_config(job: Job):
+    """The resolved run config of a job (the mode's preset, the setting, the oracle of its asset,
+    the user's overrides)."""
+    from .config import load_config
+
+    ov = ["prior.kind=oracle", f"prior.asset={job.asset}", *SETTINGS[(job.mode, job.setting)], *job.overrides]
+    return load_config(job.mode, job.config, ov), ov
+
+
+def input_image(truth, cfg, path: Path) -> Path:
+    """Image mode's input: the true asset seen from the input camera (azimuth 0, the config's
+    elevation), RGBA with straight alpha at ``stage1.ref_size``."""
+    from .cameras import make_cameras
+    from .media import save_image
+    from .mesh.raster import render_mesh
+
+    cam = make_cameras(cfg.elevation, 0.0, cfg.camera.radius, cfg.camera.fovy, cfg.stage1.ref_size)
+    r = render_mesh(truth, cam, background=torch.zeros(3), ssaa=2)
+    rgba = torch.cat([torch.where(r.alpha > 0, r.rgb / r.alpha.clamp_min(1e-6), r.rgb), r.alpha], -1)[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_image(path, rgba.clamp(0, 1).numpy())
+
+
+# ------------------------------------------------------------------------------------------------
+# Methods: plain functions from a job to the exported model.glb
+
+
+def run_dreamgaussian(job: Job) -> Path:
+    """DreamGaussian (this package's pipeline) on the job's oracle: stage 1, stage 2, exports."""
+    from .pipeline import generate
+
+    cfg, ov = job_config(job)
+    ov = ov + [f"device={job.device}"]
+    if job.mode == "text":
+        name = asset_label(job.asset)
+        prompt = f"a {name}" if name.isalpha() else "an object"
+        res = generate(prompt, overrides=ov, seed=job.seed, run_dir=job.run_dir, progress=False)
+    else:
+        image = input_image(load_truth(job.asset), cfg, job.run_dir.parent / f"{job.run_dir.name}_input.png")
+        res = generate(image=image, overrides=ov, seed=job.seed, run_dir=job.run_dir, progress=False)
+    if "glb" not in res.files:
+        raise InputError("bench: the run wrote no model.glb (export.glb and stage2.enabled must be true)")
+    return res.files["glb"]
+
+
+METHODS: dict[str, MethodFn] = {"dreamgaussian": run_dreamgaussian}
+
+
+# ------------------------------------------------------------------------------------------------
+# Scoring
+
+
+@dataclass
+class Truth:
+    """An asset's ground truth at the held-out cameras, computed once per asset and mode."""
+
+    asset: str
+    mesh: object
+    cams: object
+    rgb: torch.Tensor
+    alpha: torch.Tensor
+    surface: torch.Tensor  # points on the outer surface
+    diagonal: float
+    cfg: object
+    pose_cache: dict = field(default_factory=dict)  # truth renders per azimuth shift (evaluate.pose_offset)
+
+
+def make_truth(asset: str, cfg, views: int, size: int) -> Truth:
+    from .evaluate import heldout_cameras, mesh_rgba_views, outer_surface_samples
+
+    mesh = load_truth(asset)
+    cams = heldout_cameras(cfg, views, size, seed=0)
+    rgb, alpha = mesh_rgba_views(mesh, cams)
+    lo, hi = mesh.bounds()
+    surface = outer_surface_samples(mesh, 20000, torch.Generator().manual_seed(0))
+    return Truth(asset, mesh, cams, rgb, alpha, surface, float((hi - lo).norm()), cfg)
+
+
+def chamfer_pct(mesh, truth: Truth, n: int = 20000) -> float:
+    from .metrics import chamfer_distance, sample_surface
+
+    pts = sample_surface(mesh.to("cpu"), n, torch.Generator().manual_seed(1))
+    return 100.0 * chamfer_distance(pts, truth.surface) / truth.diagonal
+
+
+def score_views(rgb: torch.Tensor, alpha: torch.Tensor, truth: Truth) -> dict:
+    from .evaluate import pose_offset, view_scores
+
+    out = view_scores(rgb, alpha, truth.rgb, truth.alpha)
+    out["pose_offset_deg"] = pose_offset(rgb, truth.mesh, truth.cams, cache=truth.pose_cache)
+    return out
+
+
+def score_mesh(mesh, truth: Truth) -> dict:
+    """Scores of a result mesh (e.g. the loaded model.glb) against the truth."""
+    from .evaluate import front_back, mesh_rgba_views
+
+    rgb, alpha = mesh_rgba_views(mesh, truth.cams)
+    out = score_views(rgb, alpha, truth)
+    out["chamfer_pct"] = chamfer_pct(mesh, truth)
+    c = truth.cfg
+    fb = front_back(lambda cams: mesh_rgba_views(mesh, cams)[0], truth.mesh, c.camera.radius, c.camera.fovy,
+                    truth.cams.width)
+    out.update({k: min(v, 100.0) for k, v in fb.items()})
+    out["_sheet"] = rgb[:SHEET_VIEWS].numpy()
+    return out
+
+
+def _turned(mesh, degrees: float):
+    """The mesh turned about the vertical axis so that, seen from azimuth ``az``, it looks as the
+    original does from ``az + degrees``."""
+    a = math.radians(degrees)
+    c, s = math.cos(a), math.sin(a)
+    rot = torch.tensor([[c, 0.0, -s], [0.0, 1.0, 0.0], [s, 0.0, c]], dtype=mesh.vertices.dtype)
+    return dataclasses.replace(mesh, vertices=mesh.vertices @ rot.T)
+
+
+def baseline_scores(truth: Truth, mode: str, seed: int = 0) -> list[dict]:
+    """Every baseline of :data:`BASELINES`, scored like a method."""
+    from .cameras import make_cameras
+    from .evaluate import gaussian_rgba_views, mesh_rgba_views, reference_grid
+    from .gaussians import GaussianModel
+    from .priors.oracle import camera_angle
+
+    cfg, cams = truth.cfg, truth.cams
+    rows = []
+
+    def add(name, rgb, alpha, chamfer):
+        row = {"name": name, "mode": mode, "asset": truth.asset, **score_views(rgb, alpha, truth)}
+        row["chamfer_pct"] = chamfer
+        row["_sheet"] = rgb[:SHEET_VIEWS].numpy()
+        rows.append(row)
+
+    add("truth", truth.rgb, truth.alpha, 0.0)
+    rel, raz, _, _ = reference_grid(cfg)
+    ang = camera_angle(cams.elevation[:, None].double(), cams.azimuth[:, None].double(), rel[None], raz[None])
+    near = ang.argmin(dim=1)
+    look = make_cameras(rel[near], raz[near], cfg.camera.radius, cfg.camera.fovy, cams.width)
+    add("lookup", *mesh_rgba_views(truth.mesh, look), None)
+    for deg in (15, 30):
+        turned = _turned(truth.mesh, deg)
+        add(f"turned{deg}", *mesh_rgba_views(turned, cams), chamfer_pct(turned, truth))
+    a = truth.alpha
+    mean = (truth.rgb * a).sum(dim=(0, 1, 2)) / a.sum().clamp_min(1e-6)  # un-premultiplied mean colour
+    add("flat", mean * a + (1 - a), a, None)
+    g = cfg.gaussians
+    blob = GaussianModel.random_ball(g.num_points, g.init_radius, opacity=g.init_opacity, color=g.init_color,
+                                     generator=torch.Generator().manual_seed(seed))
+    add("blob", *gaussian_rgba_views(blob, cams), _blob_chamfer(blob, cfg, truth))
+    return rows
+
+
+def _blob_chamfer(blob, cfg, truth: Truth) -> float | None:
+    from .mesh.extract import extract_mesh
+
+    try:
+        return chamfer_pct(extract_mesh(blob, cfg.mesh), truth)
+    except (ValueError, RuntimeError):  # no surface at the threshold: no geometry to score
+        return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Running
+
+
+def _run_job(job: Job, method: MethodFn, truth: Truth) -> dict:
+    from .mesh.io import load_mesh
+
+    t0 = time.perf_counter()
+    glb = method(job)
+    seconds = time.perf_counter() - t0
+    row = {"method": job.method, "mode": job.mode, "setting": job.setting, "asset": job.asset, "seed": job.seed}
+    row.update(score_mesh(load_mesh(glb), truth))
+    row["seconds"] = seconds
+    row["run_dir"] = str(job.run_dir)
+    return row
+
+
+def _worker(args) -> dict:
+    job, method_name, views, size = args
+    cfg, _ = job_config(job)
+    truth = make_truth(job.asset, cfg, views, size)
+    return _run_job(job, METHODS[method_name], truth)
+
+
+def run_bench(methods: Sequence[str] | dict[str, MethodFn] = ("dreamgaussian",), assets: Sequence[str] = ("test",),
+              mode: str = "text", setting: str = "standard", seeds: Sequence[int] = (0,),
+              out_dir: str | Path = "outputs/bench", overrides: Sequence[str] = (), baselines: bool = True,
+              views: int = 24, size: int = 64, device: str = "auto", jobs: int = 1,
+              config: str | Path | None = None, progress: bool = True) -> dict:
+    """Run ``methods`` on ``assets`` x ``seeds`` and score them; write ``bench.json``,
+    ``bench.md`` and ``bench.png`` into ``out_dir``; return the report (bench.json's content).
+
+    ``methods``: names of :data:`METHODS`, or a mapping name -> function of a :class:`Job` that
+    returns the exported ``model.glb``. ``overrides``: ``key=value`` config overrides for every
+    run, after the YAML file ``config``. ``jobs`` > 1 runs the method runs in that many processes (named methods only).
+    """
+    if (mode, setting) not in SETTINGS:
+        raise InputError(f"bench: unknown mode/setting {mode}/{setting} (modes: text, image; settings: standard, hard)")
+    fns = dict(methods) if isinstance(methods, dict) else {}
+    for name in ([] if fns else methods):
+        if name not in METHODS:
+            raise InputError(f"bench: unknown method '{name}' (available: {', '.join(METHODS)})")
+        fns[name] = METHODS[name]
+    asset_list = resolve_assets(assets)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = list(overrides)
+    config = str(config) if config else None
+    job_list = [Job(m, mode, setting, a, int(s), overrides, out / "runs" / f"{m}-{_slug(a)}-s{s}", device, config)
+                for a in asset_list for m in fns for s in seeds]
+    say = print if progress else (lambda *a, **k: None)
+    truths: dict[str, Truth] = {}
+    for a in asset_list:
+        cfg, _ = job_config(Job("", mode, setting, a, int(seeds[0]), overrides, out, device, config))
+        truths[a] = make_truth(a, cfg, views, size)
+
+    results: list[dict] = []
+    t_start = time.perf_counter()
+    if jobs > 1 and not isinstance(methods, dict):
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as ex:
+            futs = {ex.submit(_worker, (j, j.method, views, size)): j for j in job_list}
+            for k, fut in enumerate(cf.as_completed(futs)):
+                results.append(fut.result())
+                say(_line(results[-1], k + 1, len(job_list), t_start))
+    else:
+        for k, job in enumerate(job_list):
+            results.append(_run_job(job, fns[job.method], truths[job.asset]))
+            say(_line(results[-1], k + 1, len(job_list), t_start))
+    results.sort(key=lambda r: (r["asset"], r["method"], r["seed"]))
+
+    base_rows = []
+    if baselines:
+        for a in asset_list:
+            base_rows.extend(baseline_scores(truths[a], mode, int(seeds[0])))
+    report = {
+        "mode": mode, "setting": setting, "assets": asset_list, "seeds": [int(s) for s in seeds],
+        "methods": list(fns), "views": views, "size": size, "overrides": overrides,
+        "results": results, "baselines": base_rows,
+    }
+    write_report(report, out)
+    say(f"bench: wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}")
+    return _public(report)
+
+
+def _slug(asset: str) -> str:
+    return asset_label(asset).replace(":", "")
+
+
+def _line(r: dict, k: int, n: int, t_start: float) -> str:
+    return (f"bench [{k}/{n}] {r['method']} {asset_label(r['asset'])} seed {r['seed']}: masked PSNR "
+            f"{r['psnr_masked']:.2f} dB, Chamfer {r['chamfer_pct']:.2f}%, pose {r['pose_offset_deg']:+.0f} deg, "
+            f"{r['seconds']:.0f} s ({time.perf_counter() - t_start:.0f} s elapsed)")
+
+
+# ------------------------------------------------------------------------------------------------
+# Reports
+
+
+def _public(report: dict) -> dict:
+    """The report without the private (underscore) entries that only feed bench.png."""
+    def clean(rows):
+        return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+    return {**report, "results": clean(report["results"]), "baselines": clean(report["baselines"])}
+
+
+def _stat(values: list) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "—"
+    m = statistics.fmean(vals)
+    return f"{m:.2f} ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else f"{m:.2f}"
+
+
+METRICS = (("psnr", "PSNR (dB)"), ("psnr_masked", "masked PSNR (dB)"), ("chamfer_pct", "Chamfer (% diag)"),
+           ("pose_offset_deg", "pose offset (deg)"))
+
+
+def summary_rows(report: dict) -> list[dict]:
+    """One row per method and per baseline: mean and std over assets x seeds of each metric."""
+    rows = []
+    for m in report["methods"]:
+        rs = [r for r in report["results"] if r["method"] == m]
+        if rs:
+            rows.append({"name": m, "kind": "method", "n": len(rs),
+                         **{k: [r.get(k) for r in rs] for k, _ in METRICS + (("seconds", ""),
+                                                                              ("front_vs_front", ""),
+                                                                              ("front_vs_back", ""))}})
+    for b in BASELINES:
+        rs = [r for r in report["baselines"] if r["name"] == b]
+        if rs:
+            rows.append({"name": b, "kind": "baseline", "n": len(rs), **{k: [r.get(k) for r in rs] for k, _ in METRICS}})
+    return rows
+
+
+def verdicts(report: dict) -> list[str]:
+    """For each method: does its mean masked PSNR beat each baseline's (the truth aside)?"""
+    rows = {r["name"]: r for r in summary_rows(report)}
+    lines = []
+    for m in report["methods"]:
+        if m not in rows:
+            continue
+        mine = statistics.fmean(rows[m]["psnr_masked"])
+        for b in BASELINES[1:]:
+            if b in rows:
+                d = mine - statistics.fmean(rows[b]["psnr_masked"])
+                lines.append(f"- {m} vs {b}: {d:+.2f} dB masked PSNR: {'beats' if d > 0 else '**does not beat**'} {b}")
+    return lines
+
+
+def markdown(report: dict) -> str:
+    head = (f"# dreamgs bench\n\nmode **{report['mode']}**, setting **{report['setting']}**; "
+            f"{len(report['assets'])} asset(s): {', '.join(asset_label(a) for a in report['assets'])}; "
+            f"seeds {', '.join(map(str, report['seeds']))}; {report['views']} held-out views at "
+            f"{report['size']} px; overrides: `{' '.join(report['overrides']) or '(none)'}`\n\n"
+            "Mean ± std over assets × seeds (baselines: over assets). Masked PSNR is over the union of the result's "
+            "and the truth's silhouettes; the pose offset is the azimuth turn of the truth that best matches.\n\n")
+    cols = [c for _, c in METRICS]
+    lines = ["| method / baseline | " + " | ".join(cols) + " | front vs front / back (dB) | time (s) | n |",
+             "|---" * (len(cols) + 4) + "|"]
+    for r in summary_rows(report):
+        fb = (f"{_stat(r['front_vs_front'])} / {_stat(r['front_vs_back'])}" if r["kind"] == "method" else "")
+        t = _stat(r["seconds"]) if r["kind"] == "method" else ""
+        name = r["name"] if r["kind"] == "method" else f"*{r['name']}*"
+        lines.append(f"| {name} | " + " | ".join(_stat(r[k]) for k, _ in METRICS) + f" | {fb} | {t} | {r['n']} |")
+    per_asset = ["", "## Per asset (methods: mean ± std over seeds)", "",
+                 "| asset | method / baseline | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    for a in report["assets"]:
+        sub = {**report, "assets": [a], "results": [r for r in report["results"] if r["asset"] == a],
+               "baselines": [r for r in report["baselines"] if r["asset"] == a]}
+        for r in summary_rows(sub):
+            name = r["name"] if r["kind"] == "method" else f"*{r['name']}*"
+            per_asset.append(f"| {asset_label(a)} | {name} | " + " | ".join(_stat(r[k]) for k, _ in METRICS) + " |")
+    v = verdicts(report)
+    return head + "\n".join(lines) + "\n\n" + ("\n".join(v) + "\n" if v else "") + "\n".join(per_asset) + "\n"
+
+
+def contact_sheet(report: dict, max_assets: int = 3) -> np.ndarray:
+    """Rows: per asset, the truth, each method (first seed) and each baseline; columns: held-out views."""
+    from .media import image_grid
+
+    tiles = []
+    for a in report["assets"][:max_assets]:
+        rows = [r for r in report["baselines"] if r["asset"] == a and r["name"] == "truth"]
+        for m in report["methods"]:
+            rows += [r for r in report["results"] if r["asset"] == a and r["method"] == m][:1]
+        rows += [r for r in report["baselines"] if r["asset"] == a and r["name"] != "truth"]
+        for r in rows:
+            tiles.extend(list(r["_sheet"]))
+    if not tiles:
+        return np.ones((8, 8, 3))
+    return image_grid(np.stack(tiles), ncols=SHEET_VIEWS, pad=2)
+
+
+def write_report(report: dict, out: Path) -> None:
+    from .media import save_image
+    from .run import atomic_write
+
+    public = _public(report)
+    atomic_write(out / "bench.json", json.dumps(public, indent=1, default=_json_default))
+    atomic_write(out / "bench.md", markdown(public))
+    save_image(out / "bench.png", contact_sheet(report))
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

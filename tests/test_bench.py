@@ -1,0 +1,91 @@
+"""``dreamgs bench`` at CI size: held-out cameras, baselines, the default method through the whole
+pipeline (scored from its model.glb), and a deliberately broken method that the table must catch."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from dreamgs.bench import _turned, asset_label, run_bench, run_dreamgaussian
+from dreamgs.config import load_config
+from dreamgs.evaluate import grid_distance, heldout_cameras, reference_grid
+
+# CI size: 64 px renders, a few hundred steps, stage 2 and the exports as a user gets them.
+CI = ["stage1.iters=300", "stage1.render_sizes=[64]", "stage1.size_milestones=[]", "stage1.batch_size=4",
+      "gaussians.num_points=1000", "densify.max_gaussians=3000", "export.video=false", "stage2.iters=20",
+      "backend=torch"]
+
+
+@pytest.mark.parametrize("mode", ["text", "image"])
+def test_heldout_cameras_are_half_a_grid_step_from_every_reference(mode):
+    cfg = load_config(mode, None, ["prior.kind=oracle"])
+    cams = heldout_cameras(cfg, 24, 64, seed=0)
+    assert len(cams) == 24
+    rel, raz, el_step, az_step = reference_grid(cfg)
+    # brute force over every reference camera, independent of grid_distance
+    el, az = cams.elevation.double(), cams.azimuth.double()
+    d_az = (az[:, None] - raz[None] + 180.0) % 360.0 - 180.0
+    d = (((el[:, None] - rel[None]) / el_step) ** 2 + (d_az / az_step) ** 2).sqrt().amin(1)
+    assert d.min() >= 0.5, d.min()
+    assert torch.allclose(d, grid_distance(el, az, cfg))
+    lo, hi = cfg.camera.elevation_range
+    assert (el >= lo - 1e-6).all() and (el <= hi + 1e-6).all()
+    # the cameras are spread around the object, not bunched
+    assert (az.max() - az.min()) > 270
+
+
+def _broken_turned_90(job):
+    """A deliberately broken method: the default method's own model.glb, turned by 90 degrees."""
+    from dreamgs.export import save_glb
+    from dreamgs.mesh.io import load_mesh
+
+    src = job.run_dir.parent / job.run_dir.name.replace("turned90", "dreamgaussian") / "model.glb"
+    if not src.is_file():
+        src = run_dreamgaussian(job)
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    return save_glb(_turned(load_mesh(src), 90.0), job.run_dir / "model.glb")
+
+
+def test_small_bench_orders_baselines_and_catches_a_broken_method(tmp_path):
+    methods = {"dreamgaussian": run_dreamgaussian, "turned90": _broken_turned_90}
+    report = run_bench(methods, ["gen:0"], mode="text", seeds=(0, 1), out_dir=tmp_path, overrides=CI,
+                       device="cpu", progress=True)
+    for name in ("bench.json", "bench.md", "bench.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    on_disk = json.loads((tmp_path / "bench.json").read_text())
+    assert on_disk["results"] == json.loads(json.dumps(report["results"]))
+    keys = {"method", "mode", "asset", "seed", "psnr", "psnr_masked", "chamfer_pct", "pose_offset_deg", "seconds"}
+    assert all(keys <= set(r) for r in report["results"]) and len(report["results"]) == 4
+    assert all({"name", "mode", "asset", "psnr", "psnr_masked", "chamfer_pct"} <= set(b) for b in report["baselines"])
+
+    base = {b["name"]: b for b in report["baselines"]}
+    print("\n" + (tmp_path / "bench.md").read_text())
+    # the baselines are ordered as they must be
+    assert base["truth"]["psnr_masked"] > max(b["psnr_masked"] for n, b in base.items() if n != "truth")
+    assert base["turned30"]["psnr_masked"] < base["turned15"]["psnr_masked"]
+    assert abs(base["turned15"]["pose_offset_deg"] - 15) <= 3 and abs(base["turned30"]["pose_offset_deg"] - 30) <= 3
+    assert abs(base["truth"]["pose_offset_deg"]) <= 1 and base["truth"]["chamfer_pct"] == 0.0
+    assert 0 < base["turned15"]["chamfer_pct"] < base["turned30"]["chamfer_pct"]
+
+    mine = [r for r in report["results"] if r["method"] == "dreamgaussian"]
+    broken = [r for r in report["results"] if r["method"] == "turned90"]
+    mean = lambda rows, k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
+    # the default method, scored from its model.glb, beats the flat silhouette and the initial blob
+    assert mean(mine, "psnr_masked") > base["flat"]["psnr_masked"], (mine, base["flat"])
+    assert mean(mine, "psnr_masked") > base["blob"]["psnr_masked"], (mine, base["blob"])
+    assert all(math.isfinite(r["chamfer_pct"]) and r["chamfer_pct"] > 0 for r in mine)
+    # the broken method is caught: it turns up turned by ~90 degrees and scores below the default
+    assert all(abs(abs(r["pose_offset_deg"]) - 90) <= 20 for r in broken), broken
+    assert mean(broken, "psnr_masked") < mean(mine, "psnr_masked") - 2.0
+    assert "does not beat" in (tmp_path / "bench.md").read_text()  # turned90 loses to the truth turned 15
+
+
+def test_bench_cli_rejects_unknown_assets_and_methods(tmp_path, capsys):
+    from dreamgs.cli import main
+
+    assert main(["bench", "--assets", "no-such-asset", "--out", str(tmp_path / "b")]) == 2
+    assert "no-such-asset" in capsys.readouterr().err
+    assert main(["bench", "--methods", "nope", "--assets", "house", "--out", str(tmp_path / "b")]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+    assert asset_label("/x/y/robot.glb") == "robot" and asset_label("gen:3") == "gen:3"
