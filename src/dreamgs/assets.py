@@ -13,6 +13,14 @@ different:
   a green back wall, a red front roof slope and a purple back slope, a round window on +x.
 - ``die``: a cube with a different colour on each face and standard pips (1 on the red front,
   6 on the blue back, 3 on +x, 4 on -x, 2 on top, 5 on the bottom).
+- ``gen:<seed>`` (any non-negative integer): a generated asset, a deterministic function of the
+  seed; a main body (box, cylinder, frustum or ellipsoid) with an off-centre marker on its front,
+  its own colours and textures (solid, stripes, checker, dots) on the front, left, right (and back),
+  and 1-3 parts attached to it (on a side, on top, a plinth under it, a handle); parts overlap the
+  body, so the object is one piece.
+
+:data:`SPLITS` names the benchmark splits: ``test`` is generated assets only (seeds below 1000, that
+no default was tuned on), ``dev`` the built-ins and generated assets of seeds from 1000.
 
 Surfaces are built from parametric patches ``(s, t) in [0, 1]^2 -> xyz``; each patch gets a cell of
 one texture atlas, painted by a function of ``(s, t, xyz)``, with ``s`` to the right and ``t`` up
@@ -602,7 +610,8 @@ def _secondary(rng, body: _Body, mode: str, phi: float) -> list[_Patch]:
         r = body.half.max() * rng.uniform(1.1, 1.4)
         sp = spec()
         return _placed(_frustum(r, r, -h, 0.0, 48, 2, _texture(sp, 2 * np.pi * r, h, wrap=True),
-                                _texture(spec(), 2 * np.pi * r, r, wrap=True), _texture(sp, 2 * np.pi * r, r, wrap=True)),
+                                _texture(spec(), 2 * np.pi * r, r, wrap=True),
+                                _texture(sp, 2 * np.pi * r, r, wrap=True)),
                        np.eye(3), off + np.array([0.0, sink, 0.0]))
     if mode == "top":
         x, z = rng.uniform(-1, 1, 2) * body.top_half * 0.6
@@ -650,7 +659,8 @@ def _secondary(rng, body: _Body, mode: str, phi: float) -> list[_Patch]:
         d = body.radius(phi - body.yaw, min(y0 + ph / 2, 0.9 * H))
         sp = spec()
         return _placed(_frustum(r, r, y0, y0 + ph, 32, 8, _texture(sp, 2 * np.pi * r, ph, wrap=True),
-                                _texture(spec(), 2 * np.pi * r, r, wrap=True), _texture(sp, 2 * np.pi * r, r, wrap=True)),
+                                _texture(spec(), 2 * np.pi * r, r, wrap=True),
+                                _texture(sp, 2 * np.pi * r, r, wrap=True)),
                        np.eye(3), out * (d + r * rng.uniform(-0.2, 0.4)))
     # a horizontal arm (cylinder) or spike (cone) pointing outwards
     r = rng.uniform(0.08, 0.18)
@@ -678,7 +688,9 @@ def _generated(seed: int) -> Mesh:
     used = dict.fromkeys(limit, 0)
     angles: list[float] = []
     for i in range(n_more):
-        modes = ["side"] if i == 0 else ["side", "side", "top", "base"] + (["handle"] * (body.kind in ("box", "cylinder")))
+        modes = ["side"] if i == 0 else ["side", "side", "top", "base"]
+        if i > 0 and body.kind in ("box", "cylinder"):
+            modes.append("handle")
         mode = str(rng.choice([m for m in modes if used[m] < limit[m]]))
         used[mode] += 1
         phi = 0.0
