@@ -253,15 +253,17 @@ def gaussians_rgba_fn(model) -> RenderFn:
 
 
 def asset_render_fn(asset: str) -> tuple[str, RenderFn]:
-    """Name and render function of a built-in asset or of a user file (.obj/.glb/.gltf/.ply)."""
+    """Name and render function of a built-in asset, a generated asset (``gen:<seed>``) or a user
+    file (.obj/.glb/.gltf/.ply)."""
     from .. import assets
 
-    if asset in assets.ASSET_NAMES:
+    if asset in assets.ASSET_NAMES or assets.generated_seed(asset) is not None:
         return asset, mesh_rgba_fn(assets.make_asset(asset))
     path = Path(asset)
     if not path.exists():
         raise InputError(f"oracle prior: '{asset}' is neither a built-in asset "
-                         f"({', '.join(assets.ASSET_NAMES)}) nor an existing file")
+                         f"({', '.join(assets.ASSET_NAMES)}), a generated asset ({assets.GEN_PREFIX}<seed>, "
+                         f"a non-negative integer) nor an existing file")
     if path.suffix.lower() == ".ply":
         from ..gaussians import load_ply
         try:
@@ -311,14 +313,15 @@ def _cached_references(asset: str, elevations: tuple, n_azimuth: int, radius: fl
 
 
 def build_oracle(cfg, device="cpu", ref_image: Tensor | None = None) -> OraclePrior:
-    """The oracle prior for a config: built-in assets, or one user file given by ``prior.asset``."""
+    """The oracle prior for a config: built-in assets, or one user file or generated asset
+    (``gen:<seed>``) given by ``prior.asset``."""
     from .. import assets
 
     p = cfg.prior
     key = dict(elevations=oracle_elevations(cfg), n_azimuth=p.oracle_azimuths, radius=cfg.camera.radius,
                fovy=cfg.camera.fovy, resolution=p.oracle_resolution)
     if p.asset and p.asset not in assets.ASSET_NAMES:
-        library = [_cached_references(p.asset, **key)]  # a user file: a library of one asset
+        library = [_cached_references(p.asset, **key)]  # a user file or gen:<seed>: a library of one asset
         target = library[0].name
     else:
         target = p.asset or (assets.asset_for_prompt(cfg.prompt) if cfg.mode == "text" else "")
