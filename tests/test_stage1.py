@@ -125,7 +125,7 @@ def test_render_size_steps_up_at_the_milestones():
     assert sizes == {0: 128, 149: 128, 150: 256, 299: 256, 300: 512, 499: 512}
 
 
-def test_backgrounds_are_white_or_black_at_random_and_progress_runs_to_one():
+def test_backgrounds_are_white_or_black_at_random_and_progress_is_step_over_iters():
     from dreamgs.config import load_config
     from dreamgs.gaussians import GaussianModel
     from dreamgs.stage1 import Stage1
@@ -141,7 +141,9 @@ def test_backgrounds_are_white_or_black_at_random_and_progress_runs_to_one():
     white = means > 0.999
     assert bool((white | (means < 0.001)).all())  # each background is pure white or pure black
     assert 0.4 < float(white.float().mean()) < 0.6  # white_background_prob = 0.5
-    assert prior.progress[0] == 0.0 and prior.progress[-1] == (cfg.stage1.iters - 1) / cfg.stage1.iters
+    # Progress is step / iters: from 0 up to (iters - 1) / iters, never 1 (the last step's
+    # annealed timestep stays one step above t_min).
+    assert prior.progress == [step / cfg.stage1.iters for step in range(cfg.stage1.iters)]
 
 
 def test_image_mode_reference_camera_and_linear_loss_warmup():
