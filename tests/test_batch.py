@@ -1,10 +1,12 @@
-"""Batch generation: jobs-file checks, completeness, manifest, retries, resume hook, Ray and local runs."""
+"""Batch generation: jobs-file checks, completeness, manifest, retries, resuming, Ray and local runs."""
 
+import copy
 import json
 import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from optional import need
 
@@ -12,7 +14,7 @@ import dreamgs.pipeline as pipeline
 from dreamgs import batch
 from dreamgs.batch import Manifest, completion_problem, execute_job, load_jobs, read_manifest, run_batch
 from dreamgs.cli import main
-from dreamgs.errors import InputError
+from dreamgs.errors import InputError, TrainingError
 from dreamgs.pipeline import RunResult, resolve_config
 from dreamgs.run import prepare_run_dir, write_json
 
@@ -206,59 +208,79 @@ def test_fresh_attempt_removes_a_stale_summary_and_reports_the_error(tmp_path, m
     assert cfg.seed == 2 and cfg.device == "auto"  # the caller's config is not modified
 
 
-def _fake_checkpoint_probe(run_dir) -> bool:
-    """Stands in for pipeline.has_checkpoint, which reads real checkpoint headers."""
-    return (Path(run_dir) / "checkpoint.pt").is_file()
+def _fail_at_step(monkeypatch, step: int) -> None:
+    """Make stage 1 run out of memory when it is about to run step ``step`` (0-based)."""
+    from dreamgs.stage1 import Stage1
+
+    orig = Stage1.step
+
+    def step_or_fail(self):
+        if self.step_count == step:
+            raise MemoryError()
+        return orig(self)
+    monkeypatch.setattr(Stage1, "step", step_or_fail)
 
 
-def test_resume_hook_is_used_when_the_pipeline_has_one_and_a_checkpoint_exists(tmp_path, monkeypatch):
+def test_batch_resumes_a_run_from_its_checkpoint_and_starts_over_otherwise(tmp_path, monkeypatch):
+    """Real checkpoints and the real pipeline: the run of the job's config with a
+    checkpoint.safetensors resumes from it; the one whose config.yaml is of another seed starts over."""
+    ckpt = TINY + ["stage1.checkpoint_every=3", "device=cpu"]
     path = write_jobs(tmp_path, [{"name": "r", "prompt": "a mug", "seed": 5}, {"name": "f", "prompt": "a die"}],
-                      overrides=TINY)
+                      overrides=ckpt)
     spec = load_jobs(path)
-    run_r = spec.jobs[0].run_dir
-    prepare_run_dir(run_r, spec.jobs[0].config, 5)
-    (run_r / "checkpoint.pt").write_bytes(b"ckpt")
-    run_f = spec.jobs[1].run_dir  # config.yaml of another seed: must start over, not resume
-    prepare_run_dir(run_f, resolve_config("a die", overrides=TINY, seed=9), 9)
-    (run_f / "checkpoint.pt").write_bytes(b"ckpt")
+    run_r, run_f = spec.jobs[0].run_dir, spec.jobs[1].run_dir
+    _fail_at_step(monkeypatch, 4)  # interrupted runs: each keeps its checkpoint of step 3
+    with pytest.raises(TrainingError, match="out of memory"):
+        pipeline.generate(config=copy.deepcopy(spec.jobs[0].config), run_dir=run_r, progress=False)
+    with pytest.raises(TrainingError, match="out of memory"):
+        pipeline.generate("a die", overrides=ckpt, seed=9, run_dir=run_f, progress=False)
+    monkeypatch.undo()
+    assert pipeline.has_checkpoint(run_r) and pipeline.has_checkpoint(run_f)
     resumed, generated = [], []
+    real_resume, real_generate = pipeline.resume_run, pipeline.generate
 
-    def finish(run_dir: Path) -> RunResult:
-        (run_dir / "model.ply").write_bytes(b"ply\n")
-        write_json(run_dir / "summary.json", {})
-        return RunResult(run_dir, 5, {"ply": run_dir / "model.ply"})
+    def resume_run(run_dir, **kwargs):
+        resumed.append(Path(run_dir))
+        return real_resume(run_dir, **kwargs)
 
-    def resume_run(run_dir, progress=True):
-        resumed.append((Path(run_dir), progress))
-        return finish(Path(run_dir))
-
-    def generate(prompt=None, *, config=None, run_dir=None, **kwargs):
+    def generate(*args, run_dir=None, **kwargs):
         generated.append(Path(run_dir))
-        return finish(Path(run_dir))
+        return real_generate(*args, run_dir=run_dir, **kwargs)
 
-    monkeypatch.setattr(pipeline, "resume_run", resume_run, raising=False)
-    monkeypatch.setattr(pipeline, "has_checkpoint", _fake_checkpoint_probe, raising=False)
+    monkeypatch.setattr(pipeline, "resume_run", resume_run)
     monkeypatch.setattr(pipeline, "generate", generate)
     report = run_batch(path, local=True, progress=False, log=lambda m: None)
+    assert report.ok and resumed == [run_r] and generated == [run_f]
     assert report.records["r"]["status"] == "done" and report.records["r"]["resumed"] is True
     assert report.records["f"]["status"] == "done" and report.records["f"]["resumed"] is False
-    assert resumed == [(run_r, False)] and generated == [run_f]
-    # Without the hook in the pipeline, a checkpoint is ignored and the job starts over.
-    monkeypatch.delattr(pipeline, "resume_run")
-    report = run_batch(path, local=True, force=True, progress=False, log=lambda m: None)
-    assert generated == [run_f, run_r, run_f] and report.ok
+    summary = json.loads((run_r / "summary.json").read_text())
+    assert summary["resumed_from"] == {"stage": "stage1", "step": 3} and "resumed_from" not in json.loads(
+        (run_f / "summary.json").read_text())
+    assert not pipeline.has_checkpoint(run_r) and not pipeline.has_checkpoint(run_f)  # removed when done
 
 
 def test_a_failed_resume_is_retried_from_scratch(tmp_path, monkeypatch):
+    """A checkpoint whose header reads (so has_checkpoint is true) but that resume_run refuses
+    with an input error: the job is not failed for it, the retry starts afresh."""
+    from dreamgs.checkpoint import CHECKPOINT_NAME, save_checkpoint
+    from dreamgs.config import Config
+    from dreamgs.gaussians import GaussianModel
+    from dreamgs.train import GaussianTrainer
+
     path = write_jobs(tmp_path, [{"name": "r", "prompt": "a mug", "seed": 5}], overrides=TINY)
     job = load_jobs(path).jobs[0]
     prepare_run_dir(job.run_dir, job.config, 5)
-    (job.run_dir / "checkpoint.pt").write_bytes(b"corrupt")
+    c = Config()
+    trainer = GaussianTrainer(GaussianModel.random_ball(10, generator=torch.Generator().manual_seed(0)),
+                              c.gaussians, c.densify, seed=0)
+    save_checkpoint(job.run_dir / CHECKPOINT_NAME, stage="stage1", config={}, trainer=trainer)  # no seed in it
+    assert pipeline.has_checkpoint(job.run_dir)
     calls = []
+    real_resume = pipeline.resume_run
 
-    def resume_run(run_dir):
+    def resume_run(run_dir, **kwargs):
         calls.append("resume")
-        raise RuntimeError("bad checkpoint")
+        return real_resume(run_dir, **kwargs)
 
     def generate(prompt=None, *, run_dir=None, **kwargs):
         calls.append("generate")
@@ -266,14 +288,13 @@ def test_a_failed_resume_is_retried_from_scratch(tmp_path, monkeypatch):
         write_json(run_dir / "summary.json", {})
         return RunResult(run_dir, 5, {"ply": run_dir / "model.ply"})
 
-    monkeypatch.setattr(pipeline, "resume_run", resume_run, raising=False)
-    monkeypatch.setattr(pipeline, "has_checkpoint", _fake_checkpoint_probe, raising=False)
+    monkeypatch.setattr(pipeline, "resume_run", resume_run)
     monkeypatch.setattr(pipeline, "generate", generate)
     report = run_batch(path, local=True, retries=2, progress=False, log=lambda m: None)
     recs = read_manifest(report.manifest)
     assert calls == ["resume", "generate"]
     assert [(r["status"], r["attempt"], r["resumed"]) for r in recs] == [("retrying", 1, True), ("done", 2, False)]
-    assert recs[0]["error"] == "RuntimeError: bad checkpoint"
+    assert recs[0]["error"].startswith("InputError: ") and "has no seed" in recs[0]["error"]
 
 
 # ------------------------------------------------------------------------------------------------

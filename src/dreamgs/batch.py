@@ -37,11 +37,12 @@ interrupted re-run is never mistaken for a finished one.
 other jobs go on. Errors caused by the input (:class:`~dreamgs.errors.InputError`,
 :class:`~dreamgs.errors.ConfigError`) are deterministic and are not retried.
 
-**Resume hook.** When :mod:`dreamgs.pipeline` has a ``resume_run(run_dir)`` function, the run
-folder's ``config.yaml`` matches the job and the folder holds a checkpoint (as told by
-``pipeline.has_checkpoint(run_dir)`` when that exists, else by an entry named ``checkpoint*``),
-the attempt calls ``resume_run`` instead of starting over, unless the previous attempt resumed
-and failed (a broken checkpoint must not fail every retry): then it starts afresh.
+**Resume.** When the run folder's ``config.yaml`` matches the job and the folder holds a
+checkpoint (``checkpoint.safetensors``, as told by :func:`dreamgs.pipeline.has_checkpoint`), the
+attempt calls :func:`dreamgs.pipeline.resume_run` instead of starting over, unless the previous
+attempt resumed and failed: then it starts afresh. A failed resume is retried (afresh) even when
+its error is an input error, since that error is the checkpoint's: a broken checkpoint must not
+fail the job.
 
 **Manifest.** ``<output_dir>/manifest.jsonl`` gets one JSON object per event, each appended with one
 ``write`` to a file opened for appending: ``time``, ``batch`` (id of this invocation), ``job``,
@@ -61,7 +62,6 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import difflib
-import inspect
 import json
 import os
 import re
@@ -338,22 +338,6 @@ def done_outputs(manifest_path: str | os.PathLike) -> dict[str, dict[str, str]]:
 # Running one job (in a Ray worker or in this process)
 
 
-def _resume_hook() -> Callable | None:
-    from . import pipeline
-
-    return getattr(pipeline, "resume_run", None)
-
-
-def has_checkpoint(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds a checkpoint to resume from (asks the pipeline when it can tell)."""
-    from . import pipeline
-
-    probe = getattr(pipeline, "has_checkpoint", None)
-    if probe is not None:
-        return bool(probe(run_dir))
-    return run_dir.is_dir() and any(run_dir.glob("checkpoint*"))
-
-
 def _config_matches(run_dir: Path, config: Config) -> bool:
     from .config import from_dict, to_dict
 
@@ -374,17 +358,15 @@ def execute_job(task: dict) -> dict:
     t0 = time.perf_counter()
     out: dict[str, Any] = {"ok": False, "host": socket.gethostname(), "resumed": False}
     try:
-        from .pipeline import generate
+        from .pipeline import generate, has_checkpoint, resume_run
 
         cfg = copy.deepcopy(task["config"])  # generate() fills in fields; keep the caller's copy intact
         if task.get("force_cpu"):
             cfg.device = "cpu"
         run_dir = Path(task["run_dir"])
-        resume = _resume_hook() if task.get("allow_resume") else None
-        if resume is not None and _config_matches(run_dir, cfg) and has_checkpoint(run_dir):
-            kwargs = {"progress": False} if "progress" in inspect.signature(resume).parameters else {}
+        if task.get("allow_resume") and _config_matches(run_dir, cfg) and has_checkpoint(run_dir):
             out["resumed"] = True  # also when resuming fails: the retry then starts afresh
-            result = resume(run_dir, **kwargs)
+            result = resume_run(run_dir, progress=False)
         else:
             (run_dir / "summary.json").unlink(missing_ok=True)  # never leave a stale "finished" marker
             result = generate(task["prompt"] if task["mode"] == "text" else None,
@@ -396,7 +378,7 @@ def execute_job(task: dict) -> dict:
         raise
     except Exception as e:  # noqa: BLE001 - a job's failure is recorded, not fatal to the batch
         out["error"] = f"{type(e).__name__}: {e}"
-        out["retryable"] = not isinstance(e, NO_RETRY)
+        out["retryable"] = out["resumed"] or not isinstance(e, NO_RETRY)  # a fresh start may succeed
         if not isinstance(e, DreamGSError):
             out["traceback"] = traceback.format_exc(limit=-8)
     finally:

@@ -91,6 +91,12 @@ class PriorConfig:
     oracle_max_elevation: float = 0.0  # text mode: highest reference ring (0 = eye level; + is below)
     oracle_resolution: int = 64
     oracle_camera_sigma: float = 0.1  # oracle: camera-kernel width (radians) for image conditioning
+    # oracle, image mode: what the conditional knows at views the input does not show. "asset": the
+    # input asset's references at every view (the back is read off). "family": the input asset only
+    # within oracle_seen_angle of the input camera; beyond it, the other assets of the library (the
+    # family: what objects like this look like from behind), so the unseen side must be inferred.
+    oracle_unseen: str = "asset"  # asset | family
+    oracle_seen_angle: float = 90.0  # oracle_unseen=family: degrees from the input camera that count as seen
 
 
 @dataclass
@@ -465,6 +471,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("prior.t_min and prior.t_max must satisfy 0 <= t_min <= t_max <= 1")
     if cfg.prior.dtype not in ("auto", "fp32", "fp16", "bf16"):
         raise ConfigError(f"prior.dtype: expected auto, fp32, fp16 or bf16, got '{cfg.prior.dtype}'")
+    if cfg.prior.oracle_unseen not in ("asset", "family"):
+        raise ConfigError(f"prior.oracle_unseen: expected asset or family, got '{cfg.prior.oracle_unseen}'")
+    if not 0.0 < cfg.prior.oracle_seen_angle < 180.0:
+        raise ConfigError("prior.oracle_seen_angle must be between 0 and 180 degrees (exclusive)")
     for name in ("iters", "batch_size", "ref_size"):
         if getattr(cfg.stage1, name) < 1:
             raise ConfigError(f"stage1.{name} must be at least 1")

@@ -18,6 +18,19 @@ where ``pi_i`` are prior weights that express the conditioning:
   and a Gaussian kernel over the angle between a reference's camera and the requested camera
   (input camera plus relative camera, as Zero123 is conditioned) weights its references.
 
+What the image-mode conditional knows of the side the input does not show is set by
+``prior.oracle_unseen``. With ``asset`` (the default) it weights the input asset's references at
+every camera, so the back is read off, never inferred. With ``family`` the oracle knows the input
+asset only from the input view's side: a requested camera within ``prior.oracle_seen_angle``
+(90 degrees) of the input camera gets the input asset's references there (those within the same
+angle of the input camera); a requested camera beyond it gets the references of the library's
+other assets, the family, under the same camera kernel: what objects like this look like from
+there. Like Zero123, the conditional must then guess the unseen side, and a run is still scored
+against the true asset. The unconditional stays the mixture over all assets and views.
+``build_oracle`` puts the family into the library (the dev split of :data:`dreamgs.assets.SPLITS`
+when it exists, else the built-in assets, minus the target); a named ``prior.asset`` is the input
+asset there, without identification.
+
 Because the denoiser is exact, a run with this prior has a ground truth: the asset itself.
 """
 
@@ -98,7 +111,8 @@ class OraclePrior(Prior):
     def __init__(self, library: list[AssetReferences], asset: str, *, guidance_scale: float = DEFAULT_GUIDANCE,
                  t_min: float = 0.02, t_max: float = 0.98, t_schedule: str = "anneal",
                  view_dependent: bool = True, ref_image: Tensor | None = None, ref_elevation: float = 0.0,
-                 camera_sigma: float = 0.35, seed: int = 0, device="cpu"):
+                 camera_sigma: float = 0.35, unseen: str = "asset", seen_angle: float = 90.0,
+                 seed: int = 0, device="cpu"):
         names = [a.name for a in library]
         if asset not in names and ref_image is None:
             raise InputError(f"oracle prior: unknown asset '{asset}' (available: {', '.join(names)})")
@@ -121,12 +135,18 @@ class OraclePrior(Prior):
         self.t_min, self.t_max, self.t_schedule = t_min, t_max, t_schedule
         self.view_dependent = view_dependent
         self.camera_sigma = camera_sigma
+        if unseen not in ("asset", "family"):
+            raise ValueError(f"oracle prior: unseen must be 'asset' or 'family', got '{unseen}'")
+        self.unseen, self.seen_angle = unseen, float(seen_angle)
+        if ref_image is not None and unseen == "family" and len(library) < 2:
+            raise InputError("oracle prior: prior.oracle_unseen=family needs family assets besides the input asset")
         self.alphas_cumprod = alphas_cumprod().to(self.device)
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self.image_mode = ref_image is not None
         if self.image_mode:
             self.ref_elevation = float(ref_elevation)
-            self.asset_index = self._identify(ref_image)
+            named = unseen == "family" and asset in names  # the family would make identification a guess
+            self.asset_index = names.index(asset) if named else self._identify(ref_image)
         else:
             self.asset_index = names.index(asset)
         self.asset = names[self.asset_index]
@@ -157,7 +177,16 @@ class OraclePrior(Prior):
         if self.image_mode:
             ang = camera_angle(self.el[None], self.az[None], cams.elevation[:, None].to(self.device),
                                cams.azimuth[:, None].to(self.device))
-            cond = torch.where(mine, -0.5 * (ang / self.camera_sigma) ** 2, neg)
+            kernel = -0.5 * (ang / self.camera_sigma) ** 2
+            if self.unseen == "family":  # see the module docstring
+                seen = math.radians(self.seen_angle) + 1e-9  # a camera on the boundary counts as seen
+                zero = torch.zeros_like(self.el)
+                ref_seen = camera_angle(self.el, self.az, zero + self.ref_elevation, zero).to(self.device) <= seen
+                cam_seen = camera_angle(cams.elevation.to(self.device), cams.azimuth.to(self.device),
+                                        torch.tensor(self.ref_elevation, device=self.device),
+                                        torch.tensor(0.0, device=self.device)) <= seen
+                mine = torch.where(cam_seen[:, None], mine & ref_seen[None], ~mine)
+            cond = torch.where(mine, kernel, neg)
         elif self.view_dependent:
             want = torch.tensor([VIEW_BUCKETS.index(view_bucket(float(e), float(a)))
                                  for e, a in zip(cams.elevation, cams.azimuth)], device=self.device)
@@ -227,7 +256,8 @@ class OraclePrior(Prior):
 
     def describe(self) -> str:
         mode = "image" if self.image_mode else "text"
-        return f"oracle prior ({mode} mode, asset '{self.asset}', {self.num_references} references)"
+        family = ", the unseen side from the family" if self.image_mode and self.unseen == "family" else ""
+        return f"oracle prior ({mode} mode, asset '{self.asset}'{family}, {self.num_references} references)"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -305,7 +335,7 @@ def oracle_elevations(cfg) -> tuple[float, ...]:
     return tuple(dict.fromkeys(rings))
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=32)
 def _cached_references(asset: str, elevations: tuple, n_azimuth: int, radius: float, fovy: float,
                        resolution: int) -> AssetReferences:
     name, fn = asset_render_fn(asset)
@@ -314,13 +344,22 @@ def _cached_references(asset: str, elevations: tuple, n_azimuth: int, radius: fl
 
 def build_oracle(cfg, device="cpu", ref_image: Tensor | None = None) -> OraclePrior:
     """The oracle prior for a config: built-in assets, or one user file or generated asset
-    (``gen:<seed>``) given by ``prior.asset``."""
+    (``gen:<seed>``) given by ``prior.asset``. With ``prior.oracle_unseen=family`` in image mode:
+    the target (``prior.asset``, or identified from the input among the built-in and family
+    assets) plus the family (module docstring)."""
     from .. import assets
 
     p = cfg.prior
     key = dict(elevations=oracle_elevations(cfg), n_azimuth=p.oracle_azimuths, radius=cfg.camera.radius,
                fovy=cfg.camera.fovy, resolution=p.oracle_resolution)
-    if p.asset and p.asset not in assets.ASSET_NAMES:
+    if p.oracle_unseen == "family" and cfg.mode == "image":
+        splits = getattr(assets, "SPLITS", None)
+        pool = tuple(splits["dev"]) if splits else assets.ASSET_NAMES
+        names = [p.asset] if p.asset else list(assets.ASSET_NAMES)
+        names += [n for n in pool if n not in names]
+        library = [_cached_references(name, **key) for name in names]
+        target = library[0].name if p.asset else ""
+    elif p.asset and p.asset not in assets.ASSET_NAMES:
         library = [_cached_references(p.asset, **key)]  # a user file or gen:<seed>: a library of one asset
         target = library[0].name
     else:
@@ -330,4 +369,5 @@ def build_oracle(cfg, device="cpu", ref_image: Tensor | None = None) -> OraclePr
         library, target, guidance_scale=p.guidance_scale if p.guidance_scale is not None else DEFAULT_GUIDANCE,
         t_min=p.t_min, t_max=p.t_max, t_schedule=p.t_schedule, view_dependent=p.view_dependent_prompt,
         ref_image=ref_image, ref_elevation=cfg.elevation, camera_sigma=p.oracle_camera_sigma,
+        unseen=p.oracle_unseen, seen_angle=p.oracle_seen_angle,
         seed=int(cfg.seed or 0), device=device)
