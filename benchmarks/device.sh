@@ -4,7 +4,8 @@
 #     bash benchmarks/device.sh STEP [STEP ...]
 #
 # Steps: env, gsplat (JIT-compile gsplat's CUDA code), render, quality, models, prior, compile, mesh,
-# pipeline, resume, turntable. Each step's output goes to $OUT/<step>.log (default OUT=/tmp/out).
+# pipeline, resume, turntable; bench-ci, bench-hard, bench-full, fidelity (docs/quality.md,
+# docs/fidelity.md: their reports are packed into $OUT/reports.tar.gz). Each step's output goes to $OUT/<step>.log (default OUT=/tmp/out).
 # The machine has torch but not our other dependencies: they travel as wheels in .whl/ (not
 # committed; docs/benchmarks.md lists them) and are installed into /tmp/site once per machine.
 # The random-weight full-size models are built once per machine into /tmp/models.
@@ -54,6 +55,27 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
             python3 benchmarks/resume_gpu.py ;;
         turntable)
             python3 benchmarks/turntable_gpu.py --out /tmp/turntable ;;
+        bench-ci)  # the test split at CI size, text and image (docs/quality.md)
+            export OMP_NUM_THREADS=2
+            for m in text image; do
+                python3 -m dreamgs.cli bench --assets test --seeds 3 --mode $m --device cuda --jobs ${JOBS:-8} \
+                    --config benchmarks/ci_size.yaml --out /tmp/reports/bench-ci-$m
+            done ;;
+        bench-hard)  # the hard settings: Janus-prone text, image mode that must infer
+            export OMP_NUM_THREADS=2
+            for m in text image; do
+                python3 -m dreamgs.cli bench --assets test --seeds 3 --mode $m --setting hard --device cuda \
+                    --jobs ${JOBS:-8} --config benchmarks/ci_size.yaml --out /tmp/reports/bench-hard-$m
+            done ;;
+        bench-full)  # the default command's sizes: preset full against preset preview, test split
+            export OMP_NUM_THREADS=2
+            for p in full preview; do
+                python3 -m dreamgs.cli bench --assets test --seeds 3 --mode text --device cuda --jobs ${JOBS:-8} \
+                    --out /tmp/reports/bench-$p-text preset=$p
+            done ;;
+        fidelity)
+            export OMP_NUM_THREADS=2
+            python3 benchmarks/fidelity.py --device cuda --jobs ${JOBS:-8} --out /tmp/reports/fidelity ;;
         *)
             echo "unknown step $1"; return 2 ;;
     esac
@@ -64,4 +86,7 @@ for step in "$@"; do
     start=$(date +%s)
     run_step "$step" 2>&1 | tee "$OUT/$step.log" | grep -v -E "it/s\]|s/it\]|Loading weights|Writing model shards"
     echo "=== $step: exit ${PIPESTATUS[0]}, $(( $(date +%s) - start )) s"
+    if [ -d /tmp/reports ]; then  # reports only: the run folders stay behind
+        (cd /tmp/reports && find . -name 'bench.*' -o -name 'fidelity.*' | tar czf "$OUT/reports.tar.gz" -T -)
+    fi
 done

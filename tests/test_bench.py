@@ -3,6 +3,7 @@ pipeline (scored from its model.glb), and a deliberately broken method that the 
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,10 +12,7 @@ from dreamgs.bench import _turned, asset_label, run_bench, run_dreamgaussian
 from dreamgs.config import load_config
 from dreamgs.evaluate import grid_distance, heldout_cameras, reference_grid
 
-# CI size: 64 px renders, a few hundred steps, stage 2 and the exports as a user gets them.
-CI = ["stage1.iters=300", "stage1.render_sizes=[64]", "stage1.size_milestones=[]", "stage1.batch_size=4",
-      "gaussians.num_points=1000", "densify.max_gaussians=3000", "export.video=false", "stage2.iters=20",
-      "backend=torch"]
+CI_SIZE = Path(__file__).parent.parent / "benchmarks" / "ci_size.yaml"  # 64 px, 300 steps, stage 2, .glb
 
 
 @pytest.mark.parametrize("mode", ["text", "image"])
@@ -49,7 +47,7 @@ def _broken_turned_90(job):
 
 def test_small_bench_orders_baselines_and_catches_a_broken_method(tmp_path):
     methods = {"dreamgaussian": run_dreamgaussian, "turned90": _broken_turned_90}
-    report = run_bench(methods, ["gen:0"], mode="text", seeds=(0, 1), out_dir=tmp_path, overrides=CI,
+    report = run_bench(methods, ["gen:0"], mode="text", seeds=(0, 1), out_dir=tmp_path, config=CI_SIZE,
                        device="cpu", progress=True)
     for name in ("bench.json", "bench.md", "bench.png"):
         assert (tmp_path / name).stat().st_size > 0

@@ -286,10 +286,8 @@ def _run_job(job: Job, method: MethodFn, truth: Truth) -> dict:
 
 
 def _worker(args) -> dict:
-    job, method_name, views, size = args
-    cfg, _ = job_config(job)
-    truth = make_truth(job.asset, cfg, views, size)
-    return _run_job(job, METHODS[method_name], truth)
+    job, truth = args
+    return _run_job(job, METHODS[job.method], truth)
 
 
 def run_bench(methods: Sequence[str] | dict[str, MethodFn] = ("dreamgaussian",), assets: Sequence[str] = ("test",),
@@ -331,7 +329,7 @@ def run_bench(methods: Sequence[str] | dict[str, MethodFn] = ("dreamgaussian",),
         import multiprocessing as mp
 
         with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as ex:
-            futs = {ex.submit(_worker, (j, j.method, views, size)): j for j in job_list}
+            futs = {ex.submit(_worker, (j, truths[j.asset])): j for j in job_list}
             for k, fut in enumerate(cf.as_completed(futs)):
                 results.append(fut.result())
                 say(_line(results[-1], k + 1, len(job_list), t_start))
