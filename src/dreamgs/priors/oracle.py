@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ..cameras import Cameras, make_cameras
 from ..errors import InputError
-from .base import VIEW_BUCKETS, Prior, resize, sds_loss, timestep_fraction, view_bucket
+from .base import VIEW_BUCKETS, Prior, resize, sdedit_timesteps, sds_loss, timestep_fraction, view_bucket
 
 NUM_TRAIN_TIMESTEPS = 1000
 DEFAULT_GUIDANCE = 2.0  # measured best of 1, 2, 5, 15 for text mode on the mug
@@ -205,11 +205,12 @@ class OraclePrior(Prior):
         return sds_loss(x, grad.to(x.dtype))
 
     @torch.no_grad()
-    def refine(self, images: Tensor, cams: Cameras, strength: float, steps: int) -> Tensor:
+    def refine(self, images: Tensor, cams: Cameras, strength: float, steps: int, *,
+               schedule: str = "linear") -> Tensor:
         size = images.shape[-1]
         x0 = resize(images, self.resolution).double() * 2.0 - 1.0
-        t0 = self._timestep(strength)
-        ts = torch.linspace(t0, 0, max(1, steps) + 1).round().long().tolist()
+        ts = sdedit_timesteps(strength, steps, schedule, NUM_TRAIN_TIMESTEPS) + [0]  # calls, then clean
+        t0 = ts[0]
         abar = self.alphas_cumprod[t0]
         noise = torch.randn(x0.shape, generator=self.generator, dtype=torch.float64).to(self.device)
         x = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
