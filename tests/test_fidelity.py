@@ -63,6 +63,10 @@ def test_2_image_elevations_cover_the_training_range(elevation, lo, hi):
     # absolute elevations cover [-30, 30] (and reach out to the input's side, within +-80)
     assert el.min() >= lo - 1e-6 and el.max() <= hi + 1e-6
     assert el.min() < lo + 1.0 and el.max() > hi - 1.0
+    from dreamgs.priors.oracle import oracle_elevations
+
+    rings = oracle_elevations(cfg)  # the image oracle's reference rings span the same range
+    assert min(rings) == lo and max(rings) == hi
     cfg.camera.cover_elevation_range = False  # the old range: input +- 30
     el = sample_training_cameras(cfg, 4000, 8, "cpu", torch.Generator().manual_seed(0), relative=True).elevation
     assert el.min() >= max(elevation - 30, -80) - 1e-6 and el.max() <= min(elevation + 30, 80) + 1e-6

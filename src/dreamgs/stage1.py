@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .cameras import Cameras, make_cameras, sample_cameras
+from .cameras import Cameras, make_cameras, relative_elevation_range, sample_cameras
 from .config import Config
 from .errors import ConfigError
 from .fit import reference_loss
@@ -64,10 +64,8 @@ def sample_training_cameras(cfg: Config, n: int, size: int, device, generator: t
     [-80, 80]; without it, e + [lo, hi] clamped to [-80, 80]."""
     cam_cfg = cfg.camera
     if relative and cfg.camera.cover_elevation_range:
-        lo, hi = cfg.camera.elevation_range
-        e = cfg.elevation
-        cam_cfg = dataclasses.replace(cfg.camera, elevation_range=(max(min(lo, lo - e), -80.0 - e),
-                                                                   min(max(hi, hi - e), 80.0 - e)))
+        rng = relative_elevation_range(cfg.elevation, cfg.camera.elevation_range)
+        cam_cfg = dataclasses.replace(cfg.camera, elevation_range=rng)
     cams = sample_cameras(n, cam_cfg, size, device=device, generator=generator)
     if relative:
         el = (cfg.elevation + cams.elevation).clamp(-80.0, 80.0)

@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..cameras import Cameras, make_cameras
+from ..cameras import Cameras, make_cameras, relative_elevation_range
 from ..errors import InputError
 from .base import VIEW_BUCKETS, Prior, resize, sdedit_timesteps, sds_loss, timestep_fraction, view_bucket
 
@@ -291,6 +291,7 @@ def oracle_elevations(cfg) -> tuple[float, ...]:
         return tuple(float(e) for e in p.oracle_elevations)
     lo, hi = cfg.camera.elevation_range
     if cfg.mode == "image":
+        lo, hi = relative_elevation_range(cfg.elevation, (lo, hi), cfg.camera.cover_elevation_range)
         lo, hi = max(cfg.elevation + lo, -80.0), min(cfg.elevation + hi, 80.0)
     else:  # a text prior knows objects as photographed: from eye level or above
         hi = min(hi, p.oracle_max_elevation)
