@@ -4,8 +4,8 @@ Each step samples random orbit cameras, renders the Gaussians over a white or bl
 and asks the prior for its SDS loss. In image mode the input view is also rendered at its known
 camera (azimuth 0, the given elevation) and compared with the input RGBA (colour and mask losses,
 warmed up linearly except with Stable-Zero123). Densification runs on the configured schedule.
-Each setting where DreamGaussian's code differs from a plain reading of its paper is a config key;
-docs/fidelity.md lists them with the reference's values (the defaults).
+The settings where dreamgs had drifted from DreamGaussian's code are config keys whose defaults
+are the reference's values (docs/fidelity.md lists them with our old values).
 """
 
 from __future__ import annotations
