@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/fidelity.py [--items 1,2,3,5,6,7,8] [--seeds 0,1,2] [--assets house,die,gen:1000]
-                                  [--device cuda] [--jobs 8] [--out DIR] [--dry-run] [key=value ...]
+                                  [--device cuda] [--jobs 8] [--setting standard] [--out DIR] [--dry-run]
+                                  [key=value ...]
 
 Each item is a one-at-a-time ablation: the "reference" variant is the all-defaults config (every
 item at DreamGaussian's value, written out explicitly so that the measurement still holds if a
@@ -117,16 +118,18 @@ def plan(items: list[int], extra: list[str]) -> tuple[list[dict], dict[str, dict
 # Running
 
 
-def run_one(key: str, mode: str, overrides: list[str], asset: str, seed: int, out: str, device: str) -> list[dict]:
+def run_one(key: str, mode: str, overrides: list[str], asset: str, seed: int, out: str, device: str,
+            setting: str = "standard") -> list[dict]:
     """One run_bench call (one asset, one seed); its results are cached in a JSON file."""
     path = Path(out) / "runs" / key / f"{_safe(asset)}-s{seed}.json"
     if path.is_file():
         return json.loads(path.read_text())["results"]
     from dreamgs.bench import run_bench
 
+    kw = {} if setting == "standard" else {"setting": setting}
     report = run_bench(methods=("dreamgaussian",), assets=(asset,), mode=mode, seeds=(seed,),
                        out_dir=path.parent / f"{_safe(asset)}-s{seed}", overrides=list(overrides),
-                       baselines=False, progress=False, device=device)
+                       baselines=False, progress=False, device=device, **kw)
     results = [{k: r.get(k) for k in ("method", "mode", "asset", "seed", *METRICS)} for r in report["results"]]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -140,7 +143,7 @@ def _safe(name: str) -> str:
 
 
 def run_all(configs: dict[str, dict], assets: list[str], seeds: list[int], out: Path, device: str,
-            jobs: int) -> dict[str, list[dict]]:
+            jobs: int, setting: str = "standard") -> dict[str, list[dict]]:
     tasks = [(key, c["mode"], c["overrides"], a, s) for key, c in configs.items() for a in assets for s in seeds]
     results: dict[str, list[dict]] = {key: [] for key in configs}
     t0 = time.perf_counter()
@@ -156,11 +159,11 @@ def run_all(configs: dict[str, dict], assets: list[str], seeds: list[int], out: 
 
     if jobs <= 1:
         for t in tasks:
-            record(t, run_one(*t, str(out), device))
+            record(t, run_one(*t, str(out), device, setting))
     else:
         ctx = multiprocessing.get_context("spawn")  # CUDA in workers needs spawn, not fork
         with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = {pool.submit(run_one, *t, str(out), device): t for t in tasks}
+            futures = {pool.submit(run_one, *t, str(out), device, setting): t for t in tasks}
             for fut in cf.as_completed(futures):
                 record(futures[fut], fut.result())
     return results
@@ -183,12 +186,16 @@ def compare(old: list[dict], ref: list[dict]) -> dict:
     """Per metric: means and SDs of both variants, and the paired (asset, seed) difference ref - old."""
     by = {(r["asset"], r["seed"]): r for r in old}
     out = {"n_old": len(old), "n_reference": len(ref)}
+    def val(r, m):  # the pose offset is signed: compare its size
+        v = r.get(m)
+        return abs(v) if v is not None and m == "pose_offset_deg" else v
+
     for m in METRICS:
-        mo, so = _mean_sd([r.get(m) for r in old])
-        mr, sr = _mean_sd([r.get(m) for r in ref])
-        diffs = [r[m] - by[(r["asset"], r["seed"])][m] for r in ref
-                 if (r["asset"], r["seed"]) in by and r.get(m) is not None and by[(r["asset"], r["seed"])].get(m)
-                 is not None]
+        mo, so = _mean_sd([val(r, m) for r in old])
+        mr, sr = _mean_sd([val(r, m) for r in ref])
+        diffs = [val(r, m) - val(by[(r["asset"], r["seed"])], m) for r in ref
+                 if (r["asset"], r["seed"]) in by and val(r, m) is not None
+                 and val(by[(r["asset"], r["seed"])], m) is not None]
         md, sd = _mean_sd(diffs)
         se = sd / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
         better = None
@@ -205,12 +212,12 @@ def _fmt(x, digits=2) -> str:
 
 def markdown(summary: list[dict], args) -> str:
     lines = [f"# Fidelity measurements ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
-             f"Assets {', '.join(args.assets)}; seeds {', '.join(map(str, args.seeds))}; device {args.device}; "
+             f"Setting {args.setting}; assets {', '.join(args.assets)}; seeds {', '.join(map(str, args.seeds))}; device {args.device}; "
              f"extra overrides: {' '.join(args.overrides) or 'none'}. Means over assets x seeds; "
              "delta = reference - old, paired by (asset, seed), +- its standard error; "
              "verdict: which variant is better by more than 2 SE (PSNR up, Chamfer down).", "",
              "| item | mode | old overrides | PSNR old / ref | dPSNR | masked PSNR old / ref | dPSNR masked "
-             "| Chamfer % old / ref | dChamfer | pose offset deg old / ref | s old / ref | verdict |",
+             "| Chamfer % old / ref | dChamfer | abs pose offset deg old / ref | s old / ref | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         if "note" in s:
@@ -240,6 +247,7 @@ def main(argv=None) -> int:
     p.add_argument("--assets", default="house,die,gen:1000", help="dev assets, not the mug")
     p.add_argument("--device", default="cuda")
     p.add_argument("--jobs", type=int, default=1, help="runs at once in worker processes")
+    p.add_argument("--setting", default="standard", help="the bench's setting (standard or hard)")
     p.add_argument("--out", default="outputs/fidelity")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
@@ -266,7 +274,10 @@ def main(argv=None) -> int:
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = run_all(configs, args.assets, args.seeds, out, args.device, args.jobs)
+    if args.setting != "standard":
+        out = out / args.setting  # its own cache: the runs differ
+    out.mkdir(parents=True, exist_ok=True)
+    results = run_all(configs, args.assets, args.seeds, out, args.device, args.jobs, args.setting)
     summary = []
     for i in items:
         it = ITEMS[i]
@@ -278,7 +289,7 @@ def main(argv=None) -> int:
                             "reference_overrides": it.ref[mode], "old_key": key["old"],
                             "reference_key": key["reference"],
                             "compare": compare(results[key["old"]], results[key["reference"]])})
-    report = {"items": items, "assets": args.assets, "seeds": args.seeds, "device": args.device,
+    report = {"items": items, "setting": args.setting, "assets": args.assets, "seeds": args.seeds, "device": args.device,
               "extra_overrides": args.overrides, "summary": summary,
               "runs": {k: {**configs[k], "results": v} for k, v in results.items()}}
     (out / "fidelity.json").write_text(json.dumps(report, indent=1, default=str))
