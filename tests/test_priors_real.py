@@ -364,8 +364,9 @@ def test_refine_timesteps():
         num_train_timesteps = 1000
 
     ts = LatentDiffusionPrior.refine_timesteps(Stub(), 0.5, 4)
-    assert ts == [500, 333, 167, 0]
-    assert LatentDiffusionPrior.refine_timesteps(Stub(), 0.001, 4) == [1, 0]
+    assert ts == [500, 375, 250, 125]  # then one step to the clean image: no UNet call at t = 0
+    assert LatentDiffusionPrior.refine_timesteps(Stub(), 0.001, 4) == [1]
+    assert LatentDiffusionPrior.refine_timesteps(Stub(), 0.8, 50, "ddim") == list(range(181, 0, -20))
 
 
 # ----------------------------------------------------------------------------------------------

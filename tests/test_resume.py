@@ -313,9 +313,9 @@ def test_stage2_out_of_memory_names_its_settings(tmp_path, monkeypatch):
 def _nan_refine_every(monkeypatch, k: int) -> None:
     orig, calls = OraclePrior.refine, []
 
-    def refine(self, images, cams, strength, steps):
+    def refine(self, images, cams, strength, steps, **kw):
         calls.append(1)
-        out = orig(self, images, cams, strength, steps)
+        out = orig(self, images, cams, strength, steps, **kw)
         return out * float("nan") if len(calls) % k == 0 else out
     monkeypatch.setattr(OraclePrior, "refine", refine)
 

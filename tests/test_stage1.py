@@ -113,6 +113,7 @@ def test_trainer_accumulates_densify_stats_over_every_render_of_a_step():
 
     cfg = Config()
     cfg.densify.start = 10**6  # no densification in this step: only the statistics
+    cfg.densify.stats_before_start = True
     model = GaussianModel.random_ball(300, 0.5, opacity=0.5, generator=torch.Generator().manual_seed(0))
     trainer = GaussianTrainer(model, cfg.gaussians, cfg.densify, seed=0)
     batch = make_cameras([-10.0, 20.0, 0.0], [0.0, 120.0, -100.0], 2.0, 49.1, 32)
@@ -148,7 +149,7 @@ class _RecordingPrior:
         self.progress.append(progress)
         return images.sum() * 0.0
 
-    def refine(self, images, cams, strength, steps):
+    def refine(self, images, cams, strength, steps, schedule="linear"):
         return images
 
 

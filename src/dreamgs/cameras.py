@@ -174,6 +174,20 @@ def sample_cameras(n: int, cfg, size: int, device="cpu", generator: torch.Genera
     return make_cameras(el, az, r, cfg.fovy, size, size, device=device)
 
 
+def relative_elevation_range(elevation: float, elevation_range: tuple[float, float], cover: bool = True
+                             ) -> tuple[float, float]:
+    """Image mode's range of elevation offsets from the input view's ``elevation`` (degrees).
+
+    ``cover`` (DreamGaussian, main.py's train_step): [max(min(lo, lo - e), -80 - e),
+    min(max(hi, hi - e), 80 - e)], so absolute elevations always cover [lo, hi] and stay within
+    [-80, 80]; otherwise ``elevation_range`` itself (callers clamp the absolute elevation)."""
+    lo, hi = elevation_range
+    if not cover:
+        return float(lo), float(hi)
+    e = float(elevation)
+    return max(min(lo, lo - e), -80.0 - e), min(max(hi, hi - e), 80.0 - e)
+
+
 def orbit_views(n: int, elevation: float, radius: float, fovy: float, size: int, device="cpu",
                 start_azimuth: float = 0.0) -> Cameras:
     """``n`` cameras evenly spaced in azimuth at a fixed elevation (turntables, evaluation)."""

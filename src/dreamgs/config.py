@@ -35,6 +35,10 @@ class CameraConfig:
     elevation_range: tuple[float, float] = (-30.0, 30.0)  # degrees, negative = above
     azimuth_range: tuple[float, float] = (-180.0, 180.0)  # degrees
     radius_range: tuple[float, float] = (0.0, 0.0)  # added to radius; (0, 0) keeps it fixed
+    # Image mode samples elevation offsets from the input view's. True (DreamGaussian): the offset
+    # range is widened so absolute elevations cover elevation_range, within [-80, 80]; False: input
+    # elevation + elevation_range, clamped to [-80, 80] (docs/fidelity.md, item 2).
+    cover_elevation_range: bool = True
 
 
 @dataclass
@@ -47,6 +51,7 @@ class GaussianConfig:
     lr_position_init: float = 1e-3
     lr_position_final: float = 2e-5
     lr_position_steps: int = 300  # log-linear decay length
+    spatial_lr_scale: float = 10.0  # position lrs are multiplied by this (DreamGaussian: 10; docs/fidelity.md, item 1)
     lr_color: float = 0.01
     lr_opacity: float = 0.05
     lr_scale: float = 0.005
@@ -58,7 +63,9 @@ class GaussianConfig:
 @dataclass
 class DensifyConfig:
     enabled: bool = True
-    start: int = 100  # first step at which densification may run
+    start: int = 0  # first step at which densification may run (DreamGaussian: 0 text, 100 image)
+    stats_before_start: bool = False  # also gather gradient statistics before `start` (DreamGaussian: no)
+    reference_view_stats: bool = False  # image mode: the reference view's gradients count too (DreamGaussian: no)
     stop: int = 3000  # densification runs while start <= step < stop
     interval: int = 50
     grad_threshold: float = 0.01  # mean view-space gradient norm (NDC units) to densify
@@ -111,6 +118,8 @@ class Stage1Config:
     lambda_mask: float = 1000.0
     ref_size: int = 256
     warmup_fraction: float = 1.0  # reference-loss warm-up over this fraction of training
+    ref_warmup: str = "auto"  # on | off | auto (DreamGaussian: on, except off with Stable-Zero123)
+    clamp_render: bool = True  # clamp renders to [0, 1] before the losses (DreamGaussian: yes)
     ref_every: int = 1  # image mode: reference loss every n steps
     checkpoint_every: int = 100  # stage-1 steps between checkpoints; 0: only when stage 1 ends
     max_bad_steps: int = 20  # non-finite steps tolerated before giving up
@@ -147,10 +156,19 @@ class Stage2Config:
     batch_size: int = 1
     lr: float = 0.2  # Adam on the texture's logits
     render_size: int = 512
-    noise_start: float = 0.2  # SDEdit noise level (fraction of T) at the first step ...
+    # SDEdit schedule (docs/fidelity.md, item 8). "ddim" (DreamGaussian): a DDIM grid of
+    # ddim_steps timesteps, entered at index int(ddim_steps * strength), strength rising from
+    # strength_start to strength_end; "linear": noise_start -> noise_end (fractions of T) and
+    # refine_steps evenly spaced steps.
+    sdedit: str = "ddim"  # ddim | linear
+    strength_start: float = 0.8
+    strength_end: float = 0.95
+    ddim_steps: int = 50
+    noise_start: float = 0.2  # linear: SDEdit noise level (fraction of T) at the first step ...
     noise_end: float = 0.05  # ... falling to this at the last (the refinement trusts the render more)
-    refine_steps: int = 5  # DDIM steps back from the noised render
-    lambda_ref: float = 10.0  # image mode: reference-view colour loss
+    refine_steps: int = 5  # linear: DDIM steps back from the noised render
+    lambda_ref: float = 1.0  # image mode: reference-view colour loss (DreamGaussian: 1)
+    ref_mask: str = "render"  # render: rendered alpha and view cosine > 0.5 (DreamGaussian) | input: the input's alpha
     max_bad_steps: int = 10  # non-finite steps tolerated before giving up
 
 
@@ -165,7 +183,7 @@ class ExportConfig:
 
 def _fit_densify() -> DensifyConfig:
     return DensifyConfig(start=100, stop=1000, interval=100, grad_threshold=0.002, split_scale=0.02,
-                         min_opacity=0.005, prune_scale=0.3)
+                         min_opacity=0.005, prune_scale=0.3, stats_before_start=True)
 
 
 @dataclass
@@ -486,6 +504,17 @@ def validate(cfg: Config) -> None:
         raise ConfigError("stage1.checkpoint_every must be >= 0 (0 = only at the end of stage 1)")
     if cfg.stage1.max_bad_steps < 0 or cfg.stage2.max_bad_steps < 0:
         raise ConfigError("stage1.max_bad_steps and stage2.max_bad_steps must be >= 0")
+    if cfg.stage1.ref_warmup not in ("on", "off", "auto"):
+        raise ConfigError(f"stage1.ref_warmup: expected on, off or auto, got '{cfg.stage1.ref_warmup}'")
+    if cfg.stage2.sdedit not in ("ddim", "linear"):
+        raise ConfigError(f"stage2.sdedit: expected ddim or linear, got '{cfg.stage2.sdedit}'")
+    if cfg.stage2.ref_mask not in ("render", "input"):
+        raise ConfigError(f"stage2.ref_mask: expected render or input, got '{cfg.stage2.ref_mask}'")
+    s2 = cfg.stage2
+    if s2.ddim_steps < 1 or not (0.0 <= s2.strength_start <= 1.0 and 0.0 <= s2.strength_end <= 1.0):
+        raise ConfigError("stage2.ddim_steps must be at least 1 and stage2.strength_start/end within [0, 1]")
+    if cfg.gaussians.spatial_lr_scale <= 0:
+        raise ConfigError("gaussians.spatial_lr_scale must be positive")
     if cfg.gaussians.num_points < 1:
         raise ConfigError("gaussians.num_points must be at least 1")
     if not 0 <= cfg.gaussians.sh_degree <= 3:

@@ -3,11 +3,14 @@
 Each step samples random orbit cameras, renders the Gaussians over a white or black background,
 and asks the prior for its SDS loss. In image mode the input view is also rendered at its known
 camera (azimuth 0, the given elevation) and compared with the input RGBA (colour and mask losses,
-warmed up linearly). Densification runs on the configured schedule.
+warmed up linearly except with Stable-Zero123). Densification runs on the configured schedule.
+The settings where dreamgs had drifted from DreamGaussian's code are config keys whose defaults
+are the reference's values (docs/fidelity.md lists them with our old values).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -16,7 +19,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .cameras import Cameras, make_cameras, sample_cameras
+from .cameras import Cameras, make_cameras, relative_elevation_range, sample_cameras
 from .config import Config
 from .errors import ConfigError
 from .fit import reference_loss
@@ -55,8 +58,15 @@ def render_size(cfg: Config, step: int) -> int:
 def sample_training_cameras(cfg: Config, n: int, size: int, device, generator: torch.Generator,
                             relative: bool = False) -> Cameras:
     """Random orbit cameras from ``cfg.camera``; with ``relative`` (image mode) the elevations are
-    offsets from the input view's elevation, clamped to [-80, 80] degrees."""
-    cams = sample_cameras(n, cfg.camera, size, device=device, generator=generator)
+    offsets from the input view's elevation e. With ``camera.cover_elevation_range`` (DreamGaussian,
+    main.py's train_step) the offset range [lo, hi] becomes [max(min(lo, lo - e), -80 - e),
+    min(max(hi, hi - e), 80 - e)], so absolute elevations always cover [lo, hi] and stay within
+    [-80, 80]; without it, e + [lo, hi] clamped to [-80, 80]."""
+    cam_cfg = cfg.camera
+    if relative and cfg.camera.cover_elevation_range:
+        rng = relative_elevation_range(cfg.elevation, cfg.camera.elevation_range)
+        cam_cfg = dataclasses.replace(cfg.camera, elevation_range=rng)
+    cams = sample_cameras(n, cam_cfg, size, device=device, generator=generator)
     if relative:
         el = (cfg.elevation + cams.elevation).clamp(-80.0, 80.0)
         cams = make_cameras(el.cpu(), cams.azimuth.cpu(), cams.radius.cpu(), cfg.camera.fovy, size, device=device)
@@ -93,7 +103,11 @@ class Stage1:
                                              color=g.init_color, sh_degree=g.sh_degree,
                                              generator=torch.Generator().manual_seed(seed))
         self.model = init.to(self.device)
-        self.trainer = GaussianTrainer(self.model, g, cfg.densify, seed, max_bad_steps=cfg.stage1.max_bad_steps)
+        self.trainer = GaussianTrainer(self.model, g, cfg.densify, seed, spatial_scale=g.spatial_lr_scale,
+                                       max_bad_steps=cfg.stage1.max_bad_steps)
+        # DreamGaussian warms the reference losses up, except with Stable-Zero123 (image_sai.yaml).
+        w = cfg.stage1.ref_warmup
+        self.warmup = w == "on" or (w == "auto" and cfg.prior.kind != "stable-zero123")
         self.last: dict[str, float] = {}
 
     @property
@@ -110,17 +124,20 @@ class Stage1:
         white = torch.rand(s1.batch_size, generator=gen) < s1.white_background_prob
         bg = white.float()[:, None].expand(-1, 3).to(self.device)
         out = render(self.model, cams, background=bg, backend=cfg.backend)
-        loss_sds = self.prior.sds(out.images(), cams, progress)
+        images = out.images()
+        loss_sds = self.prior.sds(images.clamp(0.0, 1.0) if s1.clamp_render else images, cams, progress)
         loss = s1.lambda_sds * loss_sds
         renders = [out]
         report = {"sds": loss_sds}
         if self.ref is not None and step % max(1, s1.ref_every) == 0:
-            warm = min(1.0, (step + 1) / max(1.0, s1.warmup_fraction * s1.iters))
+            warm = min(1.0, (step + 1) / max(1.0, s1.warmup_fraction * s1.iters)) if self.warmup else 1.0
             white3 = torch.ones(1, 3, device=self.device)
             ref_out = render(self.model, self.ref.cams, background=white3, backend=cfg.backend)
-            l_rgb, l_mask = reference_loss(ref_out, self.ref.rgba[None], white3)
+            shown = dataclasses.replace(ref_out, rgb=ref_out.rgb.clamp(0.0, 1.0)) if s1.clamp_render else ref_out
+            l_rgb, l_mask = reference_loss(shown, self.ref.rgba[None], white3)
             loss = loss + warm * (s1.lambda_rgb * l_rgb + s1.lambda_mask * l_mask)
-            renders.append(ref_out)
+            if cfg.densify.reference_view_stats:  # DreamGaussian: only the novel views' gradients
+                renders.append(ref_out)
             report.update(rgb=l_rgb, mask=l_mask)
         report["loss"] = loss
         ok = self.trainer.step(loss, renders, report)

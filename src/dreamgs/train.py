@@ -70,7 +70,9 @@ class GaussianTrainer:
                     f"{self.bad_steps} steps had a non-finite loss or gradient (limit {self.max_bad_steps}); "
                     "training diverged. Try a lower learning rate or guidance scale.")
             return False
-        for r in renders:
+        # DreamGaussian gathers statistics only from densify.start on (its step = step_count + 1).
+        collect = self.dcfg.stats_before_start or self.step_count + 1 >= self.dcfg.start
+        for r in renders if collect else ():
             if r.means2d.grad is not None:
                 self.stats.add(r.means2d.grad, r.visible, r.rgb.shape[2], r.rgb.shape[1])
         self.optimizer.step()

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..cameras import Cameras
 from ..errors import ConfigError
-from .base import Prior, resize, sds_loss, timestep_fraction
+from .base import Prior, resize, sdedit_timesteps, sds_loss, timestep_fraction
 
 
 class LatentDiffusionPrior(Prior):
@@ -204,27 +204,26 @@ class LatentDiffusionPrior(Prior):
     # ------------------------------------------------------------------------------------------
     # SDEdit
 
-    def refine_timesteps(self, strength: float, steps: int) -> list[int]:
-        """Descending DDIM timesteps from ``round(strength T)`` to 0, at most ``steps`` of them."""
-        t_start = min(max(int(round(strength * self.num_train_timesteps)), 0), self.num_train_timesteps - 1)
-        n = max(1, min(int(steps), t_start + 1))
-        ts = torch.linspace(t_start, 0, n, dtype=torch.float64).round().long().tolist()
-        return sorted(set(ts), reverse=True)
+    def refine_timesteps(self, strength: float, steps: int, schedule: str = "linear") -> list[int]:
+        """The denoiser's timesteps for ``refine`` (:func:`~dreamgs.priors.base.sdedit_timesteps`)."""
+        return sdedit_timesteps(strength, steps, schedule, self.num_train_timesteps)
 
     @torch.no_grad()
     def refine(self, images: Tensor, cams: Cameras, strength: float, steps: int, *,
-               noise: Tensor | None = None) -> Tensor:
-        """SDEdit: noise to ``strength * T``, then DDIM (eta = 0) back to a clean image.
+               schedule: str = "linear", noise: Tensor | None = None) -> Tensor:
+        """SDEdit: noise to the first of :meth:`refine_timesteps`, then DDIM (eta = 0) through
+        them to a clean image (one UNet call per timestep).
 
-        Returns float32 images in [0, 1] of the input size. ``strength <= 0`` returns the input.
+        Returns float32 images in [0, 1] of the input size. With the ``linear`` schedule
+        ``strength <= 0`` returns the input.
         """
         batch = self._check_batch(images, cams)
         height, width = images.shape[-2:]
-        if strength <= 0:
+        if strength <= 0 and schedule == "linear":
             return images.detach().float().clamp(0.0, 1.0)
         cond = self.condition(cams, batch)
         latents = self.encode_images(images).to(self.acc_dtype)
-        ts = self.refine_timesteps(strength, steps)
+        ts = self.refine_timesteps(strength, steps, schedule)
         if noise is None:
             noise = self.draw_noise(latents)
         abar = self.alphas_cumprod

@@ -45,9 +45,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..cameras import Cameras, make_cameras
+from ..cameras import Cameras, make_cameras, relative_elevation_range
 from ..errors import InputError
-from .base import VIEW_BUCKETS, Prior, resize, sds_loss, timestep_fraction, view_bucket
+from .base import VIEW_BUCKETS, Prior, resize, sdedit_timesteps, sds_loss, timestep_fraction, view_bucket
 
 NUM_TRAIN_TIMESTEPS = 1000
 DEFAULT_GUIDANCE = 2.0  # measured best of 1, 2, 5, 15 for text mode on the mug
@@ -234,11 +234,12 @@ class OraclePrior(Prior):
         return sds_loss(x, grad.to(x.dtype))
 
     @torch.no_grad()
-    def refine(self, images: Tensor, cams: Cameras, strength: float, steps: int) -> Tensor:
+    def refine(self, images: Tensor, cams: Cameras, strength: float, steps: int, *,
+               schedule: str = "linear") -> Tensor:
         size = images.shape[-1]
         x0 = resize(images, self.resolution).double() * 2.0 - 1.0
-        t0 = self._timestep(strength)
-        ts = torch.linspace(t0, 0, max(1, steps) + 1).round().long().tolist()
+        ts = sdedit_timesteps(strength, steps, schedule, NUM_TRAIN_TIMESTEPS) + [0]  # calls, then clean
+        t0 = ts[0]
         abar = self.alphas_cumprod[t0]
         noise = torch.randn(x0.shape, generator=self.generator, dtype=torch.float64).to(self.device)
         x = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
@@ -322,6 +323,7 @@ def oracle_elevations(cfg) -> tuple[float, ...]:
         return tuple(float(e) for e in p.oracle_elevations)
     lo, hi = cfg.camera.elevation_range
     if cfg.mode == "image":
+        lo, hi = relative_elevation_range(cfg.elevation, (lo, hi), cfg.camera.cover_elevation_range)
         lo, hi = max(cfg.elevation + lo, -80.0), min(cfg.elevation + hi, 80.0)
     else:  # a text prior knows objects as photographed: from eye level or above
         hi = min(hi, p.oracle_max_elevation)
