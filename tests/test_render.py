@@ -99,6 +99,9 @@ def test_tile_size_does_not_change_the_image():
 
 def _composite_autograd(xy, conic, op, feat, px, py):
     """Plain-autograd compositing, the reference for the hand-written backward pass."""
+    B, X, Y = px.shape[0], px.shape[1], py.shape[1]
+    px = px[:, None, :].expand(B, Y, X).reshape(B, Y * X)  # the grid's pixels in row-major order
+    py = py[:, :, None].expand(B, Y, X).reshape(B, Y * X)
     dx = xy[:, None, :, 0] - px[:, :, None]
     dy = xy[:, None, :, 1] - py[:, :, None]
     q = 0.5 * (conic[:, None, :, 0] * dx**2 + conic[:, None, :, 2] * dy**2) + conic[:, None, :, 1] * dx * dy
@@ -114,18 +117,18 @@ def _composite_autograd(xy, conic, op, feat, px, py):
 
 def test_composite_backward_matches_autograd_and_finite_differences():
     g = torch.Generator().manual_seed(0)
-    B, P, K, D = 3, 12, 9, 4
+    B, X, Y, K, D = 3, 4, 3, 9, 4
     xy = (torch.rand(B, K, 2, generator=g, dtype=torch.float64) * 6).requires_grad_()
     conic = (torch.tensor([0.8, 0.1, 0.6], dtype=torch.float64)
              + 0.2 * torch.rand(B, K, 3, generator=g, dtype=torch.float64)).requires_grad_()
     op = (torch.rand(B, K, generator=g, dtype=torch.float64) * 0.95 + 0.04).requires_grad_()
     op.data[0, :4] = 1.0  # saturate some alphas so termination and clamping happen
     feat = torch.rand(B, K, D, generator=g, dtype=torch.float64).requires_grad_()
-    px = torch.rand(B, P, generator=g, dtype=torch.float64) * 6
-    py = torch.rand(B, P, generator=g, dtype=torch.float64) * 6
+    px = torch.rand(B, X, generator=g, dtype=torch.float64) * 6
+    py = torch.rand(B, Y, generator=g, dtype=torch.float64) * 6
     inputs = (xy, conic, op, feat)
     assert torch.autograd.gradcheck(lambda *a: composite(*a, px, py), inputs)
-    go, gt = torch.randn(B, P, D, dtype=torch.float64), torch.randn(B, P, dtype=torch.float64)
+    go, gt = torch.randn(B, Y * X, D, dtype=torch.float64), torch.randn(B, Y * X, dtype=torch.float64)
     ours = torch.autograd.grad([(composite(*inputs, px, py)[0] * go).sum() + (composite(*inputs, px, py)[1] * gt).sum()], inputs)
     ref_out, ref_t = _composite_autograd(*inputs, px, py)
     ref = torch.autograd.grad([(ref_out * go).sum() + (ref_t * gt).sum()], inputs)
