@@ -59,7 +59,7 @@ def rasterize_dense(means, quats, scales, opacities, colors, viewmats, Ks, width
     """The tile renderer's rules with no tiles: every projected Gaussian at every pixel.
 
     Gaussians that survive projection (``valid``) are sorted by depth once per camera and
-    composited at all pixels, ``max_elements // K`` pixels at a time.
+    composited at all pixels, a band of about ``max_elements // K`` pixels (whole rows) at a time.
     """
     C = viewmats.shape[0]
     dev, dt = means.device, means.dtype
@@ -67,8 +67,8 @@ def rasterize_dense(means, quats, scales, opacities, colors, viewmats, Ks, width
         means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane, eps2d)
     if colors.dim() == 2:
         colors = colors[None].expand(C, -1, -1)
-    ys, xs = torch.meshgrid(torch.arange(height, device=dev), torch.arange(width, device=dev), indexing="ij")
-    px_all, py_all = xs.reshape(-1).to(dt) + 0.5, ys.reshape(-1).to(dt) + 0.5
+    px = torch.arange(width, device=dev, dtype=dt)[None] + 0.5  # (1, W): every column
+    py_all = torch.arange(height, device=dev, dtype=dt) + 0.5
     imgs, trans = [], []
     for c in range(C):
         idx = torch.nonzero(valid[c]).squeeze(1)
@@ -77,10 +77,10 @@ def rasterize_dense(means, quats, scales, opacities, colors, viewmats, Ks, width
         xy, con = means2d[c, idx][None], conics[c, idx][None]
         op = opacities.expand(C, -1)[c, idx][None]
         feat = torch.cat([colors[c, idx], depths[c, idx, None]], dim=-1)[None]
-        step = max(1, max_elements // K)
+        rows = max(1, max_elements // (K * width))  # image rows per composite call
         vals, ts = [], []
-        for s in range(0, px_all.numel(), step):
-            v, t = composite(xy, con, op, feat, px_all[None, s:s + step], py_all[None, s:s + step])
+        for r in range(0, height, rows):
+            v, t = composite(xy, con, op, feat, px, py_all[None, r:r + rows])
             vals.append(v[0])
             ts.append(t[0])
         imgs.append(torch.cat(vals).reshape(height, width, -1))

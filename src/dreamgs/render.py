@@ -26,6 +26,7 @@ from .gaussians import GaussianModel, quat_to_rotmat
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
 T_MIN = 1e-4
+TILE_SIZE = 8  # screen-tile edge of the torch backend, in pixels (see benchmarks/cpu_render.py)
 
 
 @dataclass
@@ -60,11 +61,13 @@ def _background(background, cams: Cameras, device, dtype) -> Tensor:
 
 def render(model: GaussianModel, cams: Cameras, background=None, backend: str = "auto",
            expected_depth: bool = False, near_plane: float = 0.01, far_plane: float = 1e10,
-           eps2d: float = 0.3) -> RenderOutput:
+           eps2d: float = 0.3, tile_size: int = TILE_SIZE) -> RenderOutput:
     """Render ``model`` from every camera in ``cams``.
 
     ``background``: RGB (3,) or per-camera (C, 3), default black. Colours come from the model's
-    SH coefficients evaluated at each camera centre (degree 0: view-independent).
+    SH coefficients evaluated at each camera centre (degree 0: view-independent). ``tile_size``:
+    screen-tile edge in pixels of the torch backend (it changes speed, not the image); gsplat
+    keeps its own 16.
     """
     device = model.device
     backend = resolve_backend(backend, device)
@@ -76,7 +79,7 @@ def render(model: GaussianModel, cams: Cameras, background=None, backend: str = 
     if backend == "gsplat":
         out = _render_gsplat(*args, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d)
     else:
-        out = rasterize_torch(*args, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d)
+        out = rasterize_torch(*args, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, tile_size=tile_size)
     if expected_depth:
         out.depth = out.depth / out.alpha.clamp_min(1e-10)
     return out
@@ -247,7 +250,7 @@ def composite(xy, conic, op, feat, px, py) -> tuple[Tensor, Tensor]:
 
 
 def rasterize_torch(means, quats, scales, opacities, colors, viewmats, Ks, width, height, bg,
-                    near_plane=0.01, far_plane=1e10, eps2d=0.3, tile_size=8,
+                    near_plane=0.01, far_plane=1e10, eps2d=0.3, tile_size: int = TILE_SIZE,
                     max_elements: int = 1 << 24) -> RenderOutput:
     """Differentiable dense rasteriser in PyTorch; see the module docstring for the rules.
 
