@@ -251,7 +251,7 @@ def composite(xy, conic, op, feat, px, py) -> tuple[Tensor, Tensor]:
 
 def rasterize_torch(means, quats, scales, opacities, colors, viewmats, Ks, width, height, bg,
                     near_plane=0.01, far_plane=1e10, eps2d=0.3, tile_size: int = TILE_SIZE,
-                    max_elements: int = 1 << 24) -> RenderOutput:
+                    max_elements: int = 1 << 20) -> RenderOutput:
     """Differentiable dense rasteriser in PyTorch; see the module docstring for the rules.
 
     ``colors`` (N, D) or (C, N, D); ``bg`` (C, D). ``max_elements`` bounds the size of the
