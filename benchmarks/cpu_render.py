@@ -1,18 +1,20 @@
 """CPU speed of the pure-torch rasteriser: screen tiles against a dense renderer (issue 14).
 
     python benchmarks/cpu_render.py [--counts 5000 50000] [--sizes 128 256 512] [--tiles 8 16]
-                                    [--repeat 3] [--threads N] [--dense-max 4e8]
+                                    [--repeat 3] [--threads N] [--dense-max 1e8]
 
 For every Gaussian count and image size it times, with one camera per call,
 
-- ``render``: forward only (under ``torch.no_grad``),
-- ``fwd+bwd``: forward and the backward pass of a loss on colour, alpha and depth,
+- ``renders/s``: forward only (under ``torch.no_grad``),
+- ``fwd+bwd/s``: forward and the backward pass of a loss on colour, alpha and depth,
 
 for the tile renderer (``rasterize_torch`` at each ``--tiles`` size) and for a dense renderer
 that applies the same rules with every projected Gaussian composited at every pixel (no tiles,
 no culling beyond projection; pixels are processed in chunks so memory stays bounded). Dense
 cases with more than ``--dense-max`` (pixel x Gaussian) pairs are skipped and reported with a
-time estimated from the per-pair cost of the largest dense case that ran.
+time estimated from the per-pair cost of the largest dense case that ran (the dense cost is
+linear in the number of pairs). Tile times are the median of ``--repeat`` runs after one warm-up
+run; dense times are single runs.
 
 The scene is DreamGaussian-like: means uniform in a ball of radius 0.5, per-axis scales
 log-uniform in [0.005, 0.05], random rotations, opacities uniform in [0.1, 0.9]; one camera at
@@ -92,7 +94,6 @@ def rasterize_dense(means, quats, scales, opacities, colors, viewmats, Ks, width
 
 
 def timed(fn, repeat: int) -> float:
-    fn()  # warm-up
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -125,7 +126,7 @@ def case(n: int, size: int, tiles: list[int], repeat: int, dense_max: float, den
     ref = None
     for ts in tiles:
         fn = lambda *a, ts=ts: rasterize_torch(*a, tile_size=ts)  # noqa: E731
-        out = run(fn, False)
+        out = run(fn, False)  # also the warm-up
         ref = out.rgb if ref is None else ref
         rows.append({"n": n, "size": size, "renderer": f"tiles {ts}",
                      "fwd": timed(lambda: run(fn, False), repeat),
@@ -135,10 +136,10 @@ def case(n: int, size: int, tiles: list[int], repeat: int, dense_max: float, den
         _, _, _, _, valid = project_gaussians(means, quats, scales, opac, cams.viewmats, cams.Ks, size, size)
     pairs = float(valid.sum()) * size * size
     if pairs <= dense_max:
-        out = run(rasterize_dense, False)
-        r = {"n": n, "size": size, "renderer": "dense",
-             "fwd": timed(lambda: run(rasterize_dense, False), max(1, repeat // 2)),
-             "fwd_bwd": timed(lambda: run(rasterize_dense, True), max(1, repeat // 2)),
+        t0 = time.perf_counter()
+        out = run(rasterize_dense, False)  # slow enough to need no warm-up: timed once
+        r = {"n": n, "size": size, "renderer": "dense", "fwd": time.perf_counter() - t0,
+             "fwd_bwd": timed(lambda: run(rasterize_dense, True), 1),
              "diff": float((out.rgb - ref).abs().max()) if ref is not None else float("nan")}
         if pairs >= dense_cost.get("pairs", 0):
             dense_cost.update(pairs=pairs, fwd=r["fwd"] / pairs, fwd_bwd=r["fwd_bwd"] / pairs)
@@ -160,7 +161,7 @@ def main() -> int:
     ap.add_argument("--tiles", type=int, nargs="+", default=[8, 16])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    ap.add_argument("--dense-max", type=float, default=4e8,
+    ap.add_argument("--dense-max", type=float, default=1e8,
                     help="skip dense cases with more (pixel x Gaussian) pairs than this")
     args = ap.parse_args()
     if args.threads:
@@ -177,8 +178,11 @@ def main() -> int:
     for n in args.counts:
         for size in args.sizes:
             t0 = time.perf_counter()
-            rows += case(n, size, args.tiles, args.repeat, args.dense_max, dense_cost)
-            print(f"  {n} Gaussians {size}²: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+            new = case(n, size, args.tiles, args.repeat, args.dense_max, dense_cost)
+            rows += new
+            print(f"  {n} Gaussians {size}²: {time.perf_counter() - t0:.1f} s; " + "; ".join(
+                f"{r['renderer']} " + ("skipped" if r.get("skipped") else f"fwd {r['fwd'] * 1e3:.0f} ms, fwd+bwd {r['fwd_bwd'] * 1e3:.0f} ms")
+                for r in new), file=sys.stderr, flush=True)
     print("\n| Gaussians | size | renderer | renders/s | fwd+bwd/s | fwd+bwd ms | speed-up vs dense (fwd+bwd) | max abs diff |")
     print("|---|---|---|---|---|---|---|---|")
     for n in args.counts:
