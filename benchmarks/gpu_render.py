@@ -4,7 +4,8 @@ Run on a CUDA machine (see docs/benchmarks.md for the exact command used):
 
     python benchmarks/gpu_render.py [--quick]
 
-Parity: the same random scenes rendered by both backends; relative L2 error
+Parity: the same random scenes rendered by both backends, the torch rasteriser at each of
+``--tiles`` (default: 8 and 16, which include the default ``render.TILE_SIZE``); relative L2 error
 ``|a - b| / |b|`` of colour, alpha and depth, and of the gradients of a fixed random loss with
 respect to every input. Throughput: renders per second and forward+backward per second for
 5k, 50k and 500k Gaussians at 256^2 and 512^2 (one camera per call, median of CUDA-event timings).
@@ -23,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from dreamgs.cameras import orbit_views  # noqa: E402
-from dreamgs.render import _render_gsplat, rasterize_torch  # noqa: E402
+from dreamgs.render import TILE_SIZE, _render_gsplat, rasterize_torch  # noqa: E402
 
 
 def random_scene(n: int, seed: int, device):
@@ -40,7 +41,8 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
 
-def parity(n: int, size: int, n_cams: int, seed: int, device) -> dict:
+def parity(n: int, size: int, n_cams: int, seed: int, device, tiles=(8, 16)) -> list[dict]:
+    """One row per torch tile size: its relative errors against gsplat, images and gradients."""
     inputs = [t.requires_grad_(True) for t in random_scene(n, seed, device)]
     cams = orbit_views(n_cams, -20.0, 2.0, 49.1, size, device=device)
     bg = torch.rand(n_cams, 3, generator=torch.Generator().manual_seed(seed + 1)).to(device)
@@ -48,20 +50,24 @@ def parity(n: int, size: int, n_cams: int, seed: int, device) -> dict:
     w_rgb = torch.randn(n_cams, size, size, 3, generator=g).to(device)
     w_a = torch.randn(n_cams, size, size, 1, generator=g).to(device)
     w_d = torch.randn(n_cams, size, size, 1, generator=g).to(device)
-    outs, grads = {}, {}
-    for name, fn in (("gsplat", _render_gsplat), ("torch", rasterize_torch)):
-        kwargs = dict(near_plane=0.01, far_plane=1e10, eps2d=0.3)
-        out = fn(*inputs, cams.viewmats, cams.Ks, size, size, bg, **kwargs)
+    kwargs = dict(near_plane=0.01, far_plane=1e10, eps2d=0.3)
+
+    def run(fn, **kw):
+        out = fn(*inputs, cams.viewmats, cams.Ks, size, size, bg, **kwargs, **kw)
         loss = (out.rgb * w_rgb).sum() + (out.alpha * w_a).sum() + (out.depth * w_d).sum() * 0.1
-        grads[name] = torch.autograd.grad(loss, inputs)
-        outs[name] = (out.rgb.detach(), out.alpha.detach(), out.depth.detach())
-    res = {"n": n, "size": size, "cams": n_cams,
-           "coverage": float(outs["torch"][1].mean())}
-    for i, k in enumerate(("rgb", "alpha", "depth")):
-        res[k] = rel(outs["gsplat"][i], outs["torch"][i])
-    for k, ga, gb in zip(("means", "quats", "scales", "opacities", "colors"), grads["gsplat"], grads["torch"]):
-        res[f"grad_{k}"] = rel(ga, gb)
-    return res
+        return (out.rgb.detach(), out.alpha.detach(), out.depth.detach()), torch.autograd.grad(loss, inputs)
+
+    ref_out, ref_grads = run(_render_gsplat)
+    rows = []
+    for ts in tiles:
+        out, grads = run(rasterize_torch, tile_size=ts)
+        res = {"n": n, "size": size, "cams": n_cams, "tile": ts, "coverage": float(out[1].mean())}
+        for i, k in enumerate(("rgb", "alpha", "depth")):
+            res[k] = rel(ref_out[i], out[i])
+        for k, ga, gb in zip(("means", "quats", "scales", "opacities", "colors"), ref_grads, grads):
+            res[f"grad_{k}"] = rel(ga, gb)
+        rows.append(res)
+    return rows
 
 
 def bench(fn, warmup=3, reps=20) -> float:
@@ -100,20 +106,24 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", help="write results here")
+    ap.add_argument("--tiles", type=int, nargs="+", default=sorted({8, 16, TILE_SIZE}),
+                    help="tile sizes of the torch rasteriser to check against gsplat")
     args = ap.parse_args()
     device = torch.device("cuda")
     print(f"device: {torch.cuda.get_device_name()} torch {torch.__version__}", flush=True)
     cases = [(2000, 64, 2, 0), (20000, 128, 2, 1), (50000, 256, 1, 2)] if not args.quick else [(2000, 64, 2, 0)]
-    par = [parity(*c, device=device) for c in cases]
+    par = [r for c in cases for r in parity(*c, device=device, tiles=args.tiles)]
     keys = ["rgb", "alpha", "depth", "grad_means", "grad_quats", "grad_scales", "grad_opacities", "grad_colors"]
-    print("\nParity (relative L2 error, gsplat vs torch backend):")
-    print("| Gaussians | size | cams | coverage | " + " | ".join(keys) + " |")
-    print("|" + "---|" * (4 + len(keys)))
+    print(f"\nParity (relative L2 error, gsplat vs torch backend; default tile size {TILE_SIZE}):")
+    print("| Gaussians | size | cams | torch tile | coverage | " + " | ".join(keys) + " |")
+    print("|" + "---|" * (5 + len(keys)))
     for r in par:
-        print(f"| {r['n']} | {r['size']} | {r['cams']} | {r['coverage']:.2f} | "
+        print(f"| {r['n']} | {r['size']} | {r['cams']} | {r['tile']} | {r['coverage']:.2f} | "
               + " | ".join(f"{r[k]:.1e}" for k in keys) + " |")
     worst = max(max(r[k] for k in ("rgb", "alpha", "depth")) for r in par)
+    worst_g = max(max(r[k] for k in keys if k.startswith("grad_")) for r in par)
     print(f"worst image error {worst:.2e} ({'PASS' if worst < 1e-3 else 'FAIL'} < 1e-3)")
+    print(f"worst gradient error {worst_g:.2e} ({'PASS' if worst_g < 1e-3 else 'FAIL'} < 1e-3)")
     thr = []
     if not args.quick:
         for n in (5_000, 50_000, 500_000):
@@ -126,7 +136,8 @@ def main() -> int:
             print(f"| {r['n']:,} | {r['size']}² | {r['render_per_s']:.0f} | {r['fwd_bwd_per_s']:.0f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"parity": par, "throughput": thr}, indent=2))
-    return 0 if worst < 1e-3 and all(math.isfinite(v) for r in par for v in r.values()) else 1
+    ok = worst < 1e-3 and worst_g < 1e-3 and all(math.isfinite(v) for r in par for v in r.values())
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

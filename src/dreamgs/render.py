@@ -26,6 +26,7 @@ from .gaussians import GaussianModel, quat_to_rotmat
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
 T_MIN = 1e-4
+TILE_SIZE = 8  # screen-tile edge of the torch backend, in pixels (see benchmarks/cpu_render.py)
 
 
 @dataclass
@@ -60,11 +61,13 @@ def _background(background, cams: Cameras, device, dtype) -> Tensor:
 
 def render(model: GaussianModel, cams: Cameras, background=None, backend: str = "auto",
            expected_depth: bool = False, near_plane: float = 0.01, far_plane: float = 1e10,
-           eps2d: float = 0.3) -> RenderOutput:
+           eps2d: float = 0.3, tile_size: int = TILE_SIZE) -> RenderOutput:
     """Render ``model`` from every camera in ``cams``.
 
     ``background``: RGB (3,) or per-camera (C, 3), default black. Colours come from the model's
-    SH coefficients evaluated at each camera centre (degree 0: view-independent).
+    SH coefficients evaluated at each camera centre (degree 0: view-independent). ``tile_size``:
+    screen-tile edge in pixels of the torch backend (it changes speed, not the image); gsplat
+    keeps its own 16.
     """
     device = model.device
     backend = resolve_backend(backend, device)
@@ -76,7 +79,7 @@ def render(model: GaussianModel, cams: Cameras, background=None, backend: str = 
     if backend == "gsplat":
         out = _render_gsplat(*args, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d)
     else:
-        out = rasterize_torch(*args, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d)
+        out = rasterize_torch(*args, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, tile_size=tile_size)
     if expected_depth:
         out.depth = out.depth / out.alpha.clamp_min(1e-10)
     return out
@@ -159,74 +162,96 @@ def project_gaussians(means, quats, scales, opacities, viewmats, Ks, width, heig
     return means2d, conics, z, radii, valid
 
 
-def _alphas(xy, conic, op, px, py):
-    """Per-pixel alphas (B, P, K) of K depth-sorted Gaussians at P pixels, gsplat's rules.
+def _below(x: float, dtype: torch.dtype) -> float:
+    """The largest ``dtype`` value below ``x`` (so ``t > _below(x)`` is ``t >= x`` in ``dtype``)."""
+    return torch.nextafter(torch.tensor(x, dtype=dtype), torch.tensor(0.0, dtype=dtype)).item()
 
-    Returns the composited alphas (zero where skipped or after termination) and, for the
-    backward pass, the raw ``o * exp(-q)``, ``exp(-q)``, the offsets and the live mask.
+
+def _alphas(xy, conic, op, px, py):
+    """Alphas and transmittances of K depth-sorted Gaussians on a Y x X pixel grid, gsplat's rules.
+
+    ``px`` (B, X) and ``py`` (B, Y) are the pixel-centre coordinates of each batch's grid; pixel
+    (y, x) is row ``y * X + x`` of the (B, Y*X, K) results. The Mahalanobis term separates on a
+    grid, ``q = a dx^2 / 2 + c dy^2 / 2 + b dx dy`` with dx depending on (x, k) and dy on (y, k),
+    so only ``b dx dy`` and two additions are per (pixel, Gaussian); the opacity enters as
+    ``exp(log(o) - q)``.
+
+    Returns ``alpha`` (0 where skipped; not yet cut at termination), ``one_minus`` = 1 - alpha,
+    the inclusive and exclusive transmittances ``t_incl``, ``t_excl`` of the uncut alphas, the
+    weights ``w = alpha * t_excl`` cut at termination (zero from the first Gaussian that would take
+    T to 1e-4 or less), and the offsets dx (B, X, K), dy (B, Y, K).
     """
+    B, K = op.shape
+    X, Y = px.shape[1], py.shape[1]
     dx = xy[:, None, :, 0] - px[:, :, None]
     dy = xy[:, None, :, 1] - py[:, :, None]
-    q = 0.5 * (conic[:, None, :, 0] * dx * dx + conic[:, None, :, 2] * dy * dy) + conic[:, None, :, 1] * dx * dy
-    e = torch.exp(-q)
-    raw = op[:, None, :] * e
-    alpha = raw.clamp_max(ALPHA_MAX)
-    alpha = torch.where(alpha >= ALPHA_MIN, alpha, torch.zeros((), dtype=alpha.dtype, device=alpha.device))
-    keep = torch.cumprod(1.0 - alpha, dim=-1) > T_MIN  # stop before T would reach <= 1e-4
-    alpha = alpha * keep
-    return alpha, raw, e, dx, dy, keep
+    lx = -0.5 * conic[:, None, :, 0] * dx * dx  # (B, X, K)
+    ly = torch.log(op)[:, None, :] - 0.5 * conic[:, None, :, 2] * dy * dy  # (B, Y, K)
+    s = torch.addcmul(lx[:, None], -conic[:, None, None, :, 1] * dy[:, :, None], dx[:, None])
+    s += ly[:, :, None]
+    alpha = s.exp_().clamp_max_(ALPHA_MAX)  # (B, Y, X, K)
+    alpha = torch.nn.functional.threshold_(alpha, _below(ALPHA_MIN, alpha.dtype), 0.0).view(B, Y * X, K)
+    t = alpha.new_empty(B, Y * X, K + 1)
+    t[..., 0] = 1.0
+    one_minus = torch.sub(1.0, alpha, out=t[..., 1:])
+    t = torch.cumprod(t, dim=-1)
+    t_excl, t_incl = t[..., :-1], t[..., 1:]
+    w = torch.where(t_incl > T_MIN, alpha * t_excl, torch.zeros((), dtype=alpha.dtype, device=alpha.device))
+    return alpha, one_minus, t_incl, t_excl, w, dx, dy
 
 
 class _Composite(torch.autograd.Function):
-    """Front-to-back alpha compositing of depth-sorted Gaussians over pixel batches.
+    """Front-to-back alpha compositing of depth-sorted Gaussians over pixel grids.
 
     Inputs per batch b: Gaussian centres ``xy`` (B, K, 2), conics (B, K, 3), opacities (B, K),
-    features (B, K, D) and pixel centres ``px``, ``py`` (B, P). Outputs the composited features
-    (B, P, D) and the final transmittance (B, P). The backward pass is analytic and recomputes
-    the alphas, so no (B, P, K) tensor is kept between the passes.
+    features (B, K, D) and the grid's pixel centres ``px`` (B, X), ``py`` (B, Y). Outputs the
+    composited features (B, Y*X, D) and the final transmittance (B, Y*X), rows in row-major
+    pixel order. The backward pass is analytic and recomputes the alphas, so no (B, P, K) tensor
+    is kept between the passes.
     """
 
     @staticmethod
     def forward(ctx, xy, conic, op, feat, px, py):
-        alpha = _alphas(xy, conic, op, px, py)[0]
-        t_incl = torch.cumprod(1.0 - alpha, dim=-1)
-        w = alpha * torch.cat([torch.ones_like(t_incl[..., :1]), t_incl[..., :-1]], dim=-1)
+        w = _alphas(xy, conic, op, px, py)[4]
+        ones = feat.new_ones(*feat.shape[:-1], 1)
+        out = torch.bmm(w, torch.cat([feat, ones], dim=-1))  # last column: sum(w) = 1 - T
         ctx.save_for_backward(xy, conic, op, feat, px, py)
-        return torch.bmm(w, feat), t_incl[..., -1]
+        return out[..., :-1], 1.0 - out[..., -1]
 
     @staticmethod
     def backward(ctx, g_out, g_t):
         xy, conic, op, feat, px, py = ctx.saved_tensors
-        alpha, raw, e, dx, dy, keep = _alphas(xy, conic, op, px, py)
-        one_minus = 1.0 - alpha
-        t_incl = torch.cumprod(one_minus, dim=-1)
-        t_excl = torch.cat([torch.ones_like(t_incl[..., :1]), t_incl[..., :-1]], dim=-1)
-        w = alpha * t_excl
-        t_fin = t_incl[..., -1:]
+        alpha, one_minus, _, _, w, dx, dy = _alphas(xy, conic, op, px, py)
+        B, K = op.shape
+        X, Y = px.shape[1], py.shape[1]
+        t_fin = 1.0 - w.sum(-1, keepdim=True)
         g_feat = torch.bmm(w.transpose(1, 2), g_out)
-        cg = torch.bmm(g_out, feat.transpose(1, 2))  # (B, P, K): feature_k . dL/dout
-        wc = w * cg
-        later = wc.sum(-1, keepdim=True) - torch.cumsum(wc, dim=-1)  # contributions behind k
-        g_alpha = t_excl * cg - (later + g_t[..., None] * t_fin) / one_minus
-        live = (alpha > 0) & (raw < ALPHA_MAX)  # clamped or skipped alphas pass no gradient
-        g_raw = torch.where(live, g_alpha, torch.zeros((), dtype=g_alpha.dtype, device=g_alpha.device))
-        g_op = (g_raw * e).sum(1)
-        g_q = -g_raw * raw
-        a, b, c = conic[:, None, :, 0], conic[:, None, :, 1], conic[:, None, :, 2]
-        g_conic = torch.stack([(g_q * dx * dx).sum(1) * 0.5, (g_q * dx * dy).sum(1),
-                               (g_q * dy * dy).sum(1) * 0.5], dim=-1)
-        g_xy = torch.stack([(g_q * (a * dx + b * dy)).sum(1), (g_q * (c * dy + b * dx)).sum(1)], dim=-1)
+        wc = w * torch.bmm(g_out, feat.transpose(1, 2))  # (B, P, K): w_k feature_k . dL/dout
+        # dL/dalpha_k = T_excl_k c_k - (sum_{j>k} w_j c_j + g_T T_fin) / (1 - alpha_k), and
+        # dL/dq = -dL/dalpha * alpha for live alphas (not skipped, clamped or cut).
+        behind = wc.sum(-1, keepdim=True) - torch.cumsum(wc, dim=-1)
+        behind += g_t[..., None] * t_fin
+        g_q = behind.div_(one_minus).mul_(alpha).sub_(wc)
+        live = (w > 0) & (alpha < ALPHA_MAX)
+        g_q = torch.where(live, g_q, torch.zeros((), dtype=g_q.dtype, device=g_q.device)).view(B, Y, X, K)
+        gx, gy = g_q.sum(1), g_q.sum(2)  # (B, X, K), (B, Y, K)
+        gxy = (g_q * dx[:, None]).sum(2)  # (B, Y, K): sum over x of g_q dx
+        sx, sy = (gx * dx).sum(1), (gy * dy).sum(1)  # sum g_q dx, sum g_q dy
+        a, b, c = conic.unbind(-1)
+        g_conic = torch.stack([0.5 * (gx * dx * dx).sum(1), (gxy * dy).sum(1), 0.5 * (gy * dy * dy).sum(1)], dim=-1)
+        g_xy = torch.stack([a * sx + b * sy, c * sy + b * sx], dim=-1)
+        g_op = torch.where(op > 0, -gx.sum(1) / op, torch.zeros((), dtype=op.dtype, device=op.device))
         return g_xy, g_conic, g_op, g_feat, None, None
 
 
 def composite(xy, conic, op, feat, px, py) -> tuple[Tensor, Tensor]:
-    """Composite depth-sorted Gaussians at pixels; see :class:`_Composite`."""
+    """Composite depth-sorted Gaussians on pixel grids; see :class:`_Composite`."""
     return _Composite.apply(xy, conic, op, feat, px, py)
 
 
 def rasterize_torch(means, quats, scales, opacities, colors, viewmats, Ks, width, height, bg,
-                    near_plane=0.01, far_plane=1e10, eps2d=0.3, tile_size=8,
-                    max_elements: int = 1 << 24) -> RenderOutput:
+                    near_plane=0.01, far_plane=1e10, eps2d=0.3, tile_size: int = TILE_SIZE,
+                    max_elements: int = 1 << 20) -> RenderOutput:
     """Differentiable dense rasteriser in PyTorch; see the module docstring for the rules.
 
     ``colors`` (N, D) or (C, N, D); ``bg`` (C, D). ``max_elements`` bounds the size of the
@@ -279,11 +304,11 @@ def rasterize_torch(means, quats, scales, opacities, colors, viewmats, Ks, width
     g_xy, g_conic, g_op = pad(flat(means2d)), pad(flat(conics)), pad(flat(op_cn))
     g_feat = pad(flat(torch.cat([colors, depths[..., None]], dim=-1)))
 
-    # Pixel centres of each tile (T, P, 2).
+    # Pixel-centre coordinates of each tile's columns (T, ts) and rows (T, ts).
     ty_, tx_ = torch.meshgrid(torch.arange(TH, device=dev), torch.arange(TW, device=dev), indexing="ij")
-    py_, px_ = torch.meshgrid(torch.arange(ts, device=dev), torch.arange(ts, device=dev), indexing="ij")
-    pix_x = (tx_.reshape(T, 1) * ts + px_.reshape(1, P)).to(dt) + 0.5
-    pix_y = (ty_.reshape(T, 1) * ts + py_.reshape(1, P)).to(dt) + 0.5
+    lin = torch.arange(ts, device=dev)
+    pix_x = (tx_.reshape(T, 1) * ts + lin).to(dt) + 0.5
+    pix_y = (ty_.reshape(T, 1) * ts + lin).to(dt) + 0.5
 
     out = torch.zeros(C * T, P, D + 1, device=dev, dtype=dt)
     trans = torch.ones(C * T, P, device=dev, dtype=dt)
