@@ -314,19 +314,18 @@ def turntable(render_fn: RenderFn, path: str | os.PathLike, frames: int = 90, si
     object), ``radius`` from the origin, vertical field of view ``fovy`` degrees, square
     ``size`` pixels. ``render_fn(cams)`` must return (C, size, size, 3) images in [0, 1] for a
     batch of at most ``batch`` cameras; it can render Gaussians (:func:`gaussian_render_fn`) or
-    meshes. ``progress`` shows a tqdm bar (default: when stderr is a terminal).
+    meshes. ``progress``: a progress bar, or plain lines where stderr is not a terminal (see
+    :mod:`dreamgs.progress`); default: a bar when stderr is a terminal, else nothing.
     """
-    from tqdm import tqdm
-
     from .cameras import orbit_views
+    from .progress import Progress, is_terminal
 
     if frames < 1 or batch < 1:
         raise InputError(f"turntable: frames and batch must be positive, got {frames} and {batch}")
     cams = orbit_views(frames, elevation, radius, fovy, size)
-    show = sys.stderr.isatty() if progress is None else progress
+    show = is_terminal() if progress is None else progress
     with VideoWriter(path, fps=fps, crf=crf) as writer, \
-            tqdm(total=frames, desc=f"turntable {Path(path).name}", unit="frame", disable=not show,
-                 leave=False) as bar:
+            Progress(f"video {Path(path).name}", frames, "frames", enabled=show) as bar:
         for i in range(0, frames, batch):
             chunk = cams[i:i + batch]
             imgs = render_fn(chunk)
