@@ -115,8 +115,28 @@ def test_text_with_sd_and_no_weights_names_model_and_remedy(empty_cache, tmp_pat
     code = main(["text", "a ceramic mug", "--prior", "sd", "--out", str(tmp_path / "out"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert err.startswith("dreamgs text: error: sd weights 'stabilityai/stable-diffusion-2-1-base' not found")
+    assert err.startswith("dreamgs text: error: sd weights 'stabilityai/stable-diffusion-2-1-base' not found: "
+                          f"not in the local Hugging Face cache ({empty_cache}), and offline mode is set (HF_HUB_OFFLINE=1)")
     assert "supply the weights with prior.model=/path/to/folder" in err and "HF_HOME" in err
+    assert "Got:" not in err and "error happened" not in err  # none of the hub library's own text
+
+
+def test_missing_weights_without_network_say_so_in_our_words(empty_cache, monkeypatch):
+    from huggingface_hub import constants
+
+    from dreamgs.errors import ModelNotFoundError
+    from dreamgs.priors.weights import SD_COMPONENTS, resolve_model_folder
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: no network
+    with pytest.raises(ModelNotFoundError) as e:
+        resolve_model_folder("nobody/no-model", SD_COMPONENTS, "sd")
+    msg = str(e.value)
+    assert msg.startswith(f"sd weights 'nobody/no-model' not found: not in the local Hugging Face cache "
+                          f"({empty_cache}), and the Hugging Face hub could not be reached (no network); "
+                          "supply the weights with prior.model=/path/to/folder")
+    assert "\n" not in msg and "HF_HOME" in msg and "Got:" not in msg and "ConnectError" not in msg
 
 
 @pytest.mark.parametrize("kind, model", [("zero123", "ashawkey/zero123-xl-diffusers"),
@@ -128,7 +148,7 @@ def test_image_with_zero123_and_no_weights_names_model_and_remedy(empty_cache, t
     code = main(["image", str(tmp_path / "obj.png"), "--prior", kind, "--out", str(tmp_path / "out"), "--quiet",
                  "stage1.ref_size=32"])
     err = capsys.readouterr().err
-    assert code == 2
+    assert code == 2 and len(err.strip().splitlines()) == 1, err  # no transformers warning before it
     assert err.startswith(f"dreamgs image: error: {kind} weights '{model}' not found")
     assert "supply the weights with prior.model=/path/to/folder" in err and "HF_HOME" in err
 
@@ -205,3 +225,52 @@ def test_python_api_is_dreamgs_generate_and_imports_lazily():
     with pytest.raises(AttributeError, match="no attribute 'genrate'"):
         import dreamgs
         dreamgs.genrate
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["info"], ["info", "--model", "nobody/none"],
+                                  ["prep", "IMAGE", "--out", "OUT"]])
+def test_quick_commands_do_not_import_torch(argv, tmp_path):
+    """`dreamgs --help`, `info` and `prep` start fast: they never import torch, diffusers or transformers."""
+    import subprocess
+    import sys
+
+    rgba = np.zeros((48, 40, 4), np.uint8)
+    rgba[10:30, 8:30] = (200, 120, 40, 255)
+    Image.fromarray(rgba).save(tmp_path / "in.png")
+    argv = [str(tmp_path / "in.png") if a == "IMAGE" else str(tmp_path / "out.png") if a == "OUT" else a
+            for a in argv]
+    code = ("import sys; from dreamgs.cli import main\n"
+            "try:\n    code = main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+            "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers', 'gsplat') if m in sys.modules)\n"
+            "print('HEAVY', heavy)\nsys.exit(code)\n")
+    import dreamgs
+
+    src = os.path.dirname(os.path.dirname(dreamgs.__file__))  # this checkout's package, not an installed one
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY []", out.stdout[-500:]
+    if argv[0] == "prep":
+        assert Image.open(tmp_path / "out.png").mode == "RGBA"
+
+
+def test_app_defaults_in_the_cli_match_the_app():
+    import dreamgs.app as app
+    import dreamgs.cli as cli
+
+    for name in ("DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_WORKDIR", "DEFAULT_MAX_UPLOAD_MB"):
+        assert getattr(cli, name) == getattr(app, name), name
+
+
+def test_info_without_torch_reads_the_installed_build(empty_cache, capsys):
+    from dreamgs.info import device_report, torch_build
+
+    version, build = torch_build()
+    import torch
+
+    assert version == torch.__version__ and build.get("cuda") == torch.version.cuda
+    static, exact = device_report(use_torch=False), device_report(use_torch=True)
+    assert static["torch"] == exact["torch"]
+    assert static["render backend"].split()[0] == exact["render backend"].split()[0]
+    assert static["device"].split()[0] == exact["device"].split()[0] or "not checked with torch" in static["device"]

@@ -223,21 +223,27 @@ def _add_info(sub) -> None:
                     "ids, and --model if given), and where weights are looked up. Never uses the network.")
     p.add_argument("--model", metavar="ID_OR_DIR",
                    help="also check this hub id (in the local cache) or local diffusers folder")
+    p.add_argument("--torch", action="store_true",
+                   help="import torch to check the device exactly (slower; by default the torch build and the "
+                        "GPUs are read from the installed files and nvidia-smi)")
 
 
 def _cmd_info(args) -> int:
     from .info import info_text
 
-    print(info_text(args.model))
+    print(info_text(args.model, use_torch=args.torch or None))
     return 0
 
 
 # --- app ------------------------------------------------------------------------------------------
 
 
-def _add_app(sub) -> None:
-    from .app import DEFAULT_HOST, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT, DEFAULT_WORKDIR
+# The web app's defaults (dreamgs.app.DEFAULT_*), repeated so that building the parser does not import the
+# app and its config module (start-up time of every command); tests/test_cli_ux.py checks that they agree.
+DEFAULT_HOST, DEFAULT_PORT, DEFAULT_WORKDIR, DEFAULT_MAX_UPLOAD_MB = "127.0.0.1", 7860, "outputs/app", 20.0
 
+
+def _add_app(sub) -> None:
     p = sub.add_parser(
         "app", help="start the local web app (text→3D and image→3D in the browser)",
         description="Start a Gradio web app for text→3D and image→3D with live progress, 3D viewers and "

@@ -4,19 +4,29 @@ Everything here is offline: hub ids are looked up in the Hugging Face cache only
 (``local_files_only``), local folders are checked component by component, and nothing is
 downloaded. ``dreamgs info`` prints :func:`info_text`; the web app uses :func:`prior_status`
 to mark priors whose weights are missing.
+
+Torch is not imported unless asked (``dreamgs info --torch``) or already loaded: its version and
+CUDA build come from the installed package's files, and GPUs from the NVIDIA driver
+(``nvidia-smi``); the report then says that the device was not checked with torch itself.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
+import importlib.util
 import os
 import platform
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
 from .errors import ConfigError, ModelNotFoundError
-from .priors.sd import DEFAULT_SD_MODEL, SD_COMPONENTS
-from .priors.zero123 import DEFAULT_STABLE_ZERO123_MODEL, DEFAULT_ZERO123_MODEL, ZERO123_COMPONENTS
+from .priors.weights import (DEFAULT_SD_MODEL, DEFAULT_STABLE_ZERO123_MODEL, DEFAULT_ZERO123_MODEL, SD_COMPONENTS,
+                             ZERO123_COMPONENTS, hf_cache_dir)
 
 # Diffusion priors that need weights, with their default model ids.
 DEFAULT_MODELS = {"sd": DEFAULT_SD_MODEL, "zero123": DEFAULT_ZERO123_MODEL,
@@ -77,27 +87,23 @@ def prior_status(kind: str, model: str = "") -> PriorStatus:
 
 def _cached_snapshot(model: str, components: dict[str, str], kind: str) -> Path:
     """The Hugging Face cache's snapshot folder of ``model``, never touching the network."""
-    from huggingface_hub import snapshot_download
+    from .priors.weights import cached_snapshot
 
-    from .priors.weights import _IGNORE, _allow_patterns, missing
-
-    try:
-        folder = snapshot_download(model, allow_patterns=_allow_patterns(components), ignore_patterns=_IGNORE,
-                                   local_files_only=True)
-    except Exception:  # LocalEntryNotFoundError and friends: not in the cache
-        raise missing(model, kind, f"not in the Hugging Face cache ({hf_cache_dir()})") from None
-    return Path(folder)
+    return cached_snapshot(model, components, kind)
 
 
-def hf_cache_dir() -> Path:
-    """The Hugging Face hub cache that model loading reads (HF_HUB_CACHE, else HF_HOME/hub)."""
-    from huggingface_hub import constants
+def device_report(use_torch: bool | None = None) -> dict[str, str]:
+    """Torch version, compute device and the render backend ``backend=auto`` picks.
 
-    return Path(constants.HF_HUB_CACHE)
+    ``use_torch``: import torch and ask it (exact, ~2 s); False: read the installed package and the
+    NVIDIA driver instead; None (default): ask torch only if it is already imported.
+    """
+    if use_torch is None:
+        use_torch = "torch" in sys.modules
+    return _torch_device_report() if use_torch else _static_device_report()
 
 
-def device_report() -> dict[str, str]:
-    """Torch version, compute device and the render backend ``backend=auto`` picks."""
+def _torch_device_report() -> dict[str, str]:
     import torch
 
     from .render import resolve_backend
@@ -121,6 +127,85 @@ def device_report() -> dict[str, str]:
             "torch": f"{torch.__version__} (CUDA build: {torch.version.cuda or 'no'})"}
 
 
+def torch_build() -> tuple[str | None, dict]:
+    """The installed torch's version and the constants of its ``torch/version.py`` (``cuda``,
+    ``hip``: the CUDA/ROCm versions it was built for, or None), read without importing torch;
+    (None, {}) when torch is not installed."""
+    try:
+        version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None, {}
+    fields: dict = {}
+    try:
+        spec = importlib.util.find_spec("torch")
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        tree = ast.parse((folder / "version.py").read_text(encoding="utf-8"))
+        for node in tree.body:
+            target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+            if isinstance(target, ast.Name) and isinstance(getattr(node, "value", None), ast.Constant):
+                fields[target.id] = node.value.value
+    except (OSError, SyntaxError, StopIteration, TypeError, AttributeError, ValueError):
+        pass
+    return version, fields
+
+
+def nvidia_gpus() -> list[str] | None:
+    """The NVIDIA GPUs the driver reports (``nvidia-smi``), as "name, N GiB"; [] when there is no
+    NVIDIA driver, None when it could not be asked."""
+    if not Path("/proc/driver/nvidia").exists() and shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    gpus = []
+    for line in out.stdout.strip().splitlines():
+        name, _, mem = line.rpartition(",")
+        try:
+            gpus.append(f"{name.strip()}, {float(mem) / 1024:.0f} GiB")
+        except ValueError:
+            gpus.append(line.strip())
+    return gpus
+
+
+def _static_device_report() -> dict[str, str]:
+    """:func:`device_report` without importing torch (see the module docstring)."""
+    version, build = torch_build()
+    if version is None:
+        return {"device": "unknown (torch is not installed)", "render backend": "none (torch is not installed)",
+                "torch": "not installed"}
+    cuda, hip = build.get("cuda"), build.get("hip")
+    try:
+        gs = f"gsplat {importlib.metadata.version('gsplat')} installed"
+    except importlib.metadata.PackageNotFoundError:
+        gs = "gsplat not installed"
+    unchecked = "not checked with torch: `dreamgs info --torch` does"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not cuda and not hip:
+        dev, backend = f"cpu ({os.cpu_count()} cores; this torch build has no CUDA)", "torch"
+    elif hip:
+        dev, backend = f"unknown: a ROCm build of torch ({unchecked})", "unknown"
+    else:
+        gpus = nvidia_gpus()
+        if gpus == [] or (gpus and visible in ("", "-1")):
+            why = "no NVIDIA driver found" if gpus == [] else f"CUDA_VISIBLE_DEVICES={visible!r} hides the GPUs"
+            dev, backend = f"cpu ({os.cpu_count()} cores; {why})", "torch"
+        elif not gpus:
+            dev, backend = f"unknown: nvidia-smi did not list any GPU ({unchecked})", "unknown"
+        else:
+            seen = f"{len(gpus)} GPU{'s' if len(gpus) > 1 else ''} reported by nvidia-smi"
+            if visible is not None:
+                seen += f", CUDA_VISIBLE_DEVICES={visible}"
+            dev, backend = f"cuda ({gpus[0]}; {seen}; {unchecked})", "gsplat"
+    why = {"gsplat": "CUDA rasteriser", "torch": "pure-PyTorch rasteriser"}.get(backend, "follows the device")
+    rocm = f"; ROCm build: {hip}" if hip else ""
+    return {"device": dev, "render backend": f"{backend} ({why}; {gs})",
+            "torch": f"{version} (CUDA build: {cuda or 'no'}{rocm})"}
+
+
 def weights_lookup() -> dict[str, str]:
     """Where prior weights and the rembg model are looked up."""
     from huggingface_hub import constants
@@ -138,10 +223,11 @@ def weights_lookup() -> dict[str, str]:
     }
 
 
-def info_text(model: str | None = None) -> str:
-    """The report ``dreamgs info`` prints. ``model``: a hub id or folder to check as well."""
+def info_text(model: str | None = None, use_torch: bool | None = None) -> str:
+    """The report ``dreamgs info`` prints. ``model``: a hub id or folder to check as well;
+    ``use_torch``: see :func:`device_report`."""
     lines = [f"dreamgs {__version__} (Python {platform.python_version()}, {platform.system()})", ""]
-    for key, value in device_report().items():
+    for key, value in device_report(use_torch).items():
         lines.append(f"{key + ':':16}{value}")
     lines += ["", "Priors (weights found locally?):"]
     lines.append(f"  {'oracle':16}yes (built in)")

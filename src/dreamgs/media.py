@@ -3,6 +3,8 @@
 Images are float arrays or tensors ``(H, W, C)`` with values in [0, 1] (uint8 is accepted too);
 C is 1, 3 or 4. Every file is written atomically (a temporary file in the same folder, then
 ``os.replace``), so an interrupted write never leaves a partial file under the final name.
+
+Torch is imported only by the functions that render, so writing images (``dreamgs prep``) starts fast.
 """
 
 from __future__ import annotations
@@ -15,21 +17,31 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .atomic import atomic_output, temp_path
-from .cameras import Cameras, orbit_views
 from .errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .cameras import Cameras
 
 _IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
 
+def _is_tensor(x) -> bool:
+    """Whether ``x`` is a torch tensor (without importing torch: none exists before it is imported)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
 def to_numpy(img) -> np.ndarray:
     """Tensor or array -> numpy array on the CPU (no copy when already numpy)."""
-    if isinstance(img, torch.Tensor):
+    if _is_tensor(img):
         return img.detach().to("cpu").numpy()
     return np.asarray(img)
 
@@ -82,7 +94,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
 
 def _stack_images(images) -> np.ndarray:
     """A (N, H, W, C) array/tensor or a sequence of (H, W, C) images -> float32 (N, H, W, C)."""
-    if isinstance(images, (np.ndarray, torch.Tensor)) and to_numpy(images).ndim == 4:
+    if (isinstance(images, np.ndarray) or _is_tensor(images)) and to_numpy(images).ndim == 4:
         items = list(to_numpy(images))
     else:
         items = [to_numpy(im) for im in images]
@@ -264,7 +276,7 @@ def write_video(frames: Iterable, path: str | os.PathLike, fps: float = 30, crf:
 
     ``frames``: a (T, H, W, 3) array/tensor, or an iterable of (H, W, 3) frames or batches.
     """
-    if isinstance(frames, (np.ndarray, torch.Tensor)) and to_numpy(frames).ndim == 4:
+    if (isinstance(frames, np.ndarray) or _is_tensor(frames)) and to_numpy(frames).ndim == 4:
         frames = [frames]
     with VideoWriter(path, fps=fps, crf=crf) as writer:
         for f in frames:
@@ -276,11 +288,13 @@ def write_video(frames: Iterable, path: str | os.PathLike, fps: float = 30, crf:
 # Turntables
 
 
-RenderFn = Callable[[Cameras], "torch.Tensor | np.ndarray"]
+RenderFn = Callable[["Cameras"], "torch.Tensor | np.ndarray"]
 
 
 def gaussian_render_fn(model, background: Sequence[float] = (1.0, 1.0, 1.0), backend: str = "auto") -> RenderFn:
     """A ``render_fn`` for :func:`turntable` that renders Gaussians with :func:`dreamgs.render.render`."""
+    import torch
+
     from .render import render
 
     def render_fn(cams: Cameras) -> torch.Tensor:
@@ -300,17 +314,18 @@ def turntable(render_fn: RenderFn, path: str | os.PathLike, frames: int = 90, si
     object), ``radius`` from the origin, vertical field of view ``fovy`` degrees, square
     ``size`` pixels. ``render_fn(cams)`` must return (C, size, size, 3) images in [0, 1] for a
     batch of at most ``batch`` cameras; it can render Gaussians (:func:`gaussian_render_fn`) or
-    meshes. ``progress`` shows a tqdm bar (default: when stderr is a terminal).
+    meshes. ``progress``: a progress bar, or plain lines where stderr is not a terminal (see
+    :mod:`dreamgs.progress`); default: a bar when stderr is a terminal, else nothing.
     """
-    from tqdm import tqdm
+    from .cameras import orbit_views
+    from .progress import Progress, is_terminal
 
     if frames < 1 or batch < 1:
         raise InputError(f"turntable: frames and batch must be positive, got {frames} and {batch}")
     cams = orbit_views(frames, elevation, radius, fovy, size)
-    show = sys.stderr.isatty() if progress is None else progress
+    show = is_terminal() if progress is None else progress
     with VideoWriter(path, fps=fps, crf=crf) as writer, \
-            tqdm(total=frames, desc=f"turntable {Path(path).name}", unit="frame", disable=not show,
-                 leave=False) as bar:
+            Progress(f"video {Path(path).name}", frames, "frames", enabled=show) as bar:
         for i in range(0, frames, batch):
             chunk = cams[i:i + batch]
             imgs = render_fn(chunk)

@@ -79,7 +79,7 @@ def textured_mesh(model, prior, cfg: Config, ref, run_dir: Path, result: RunResu
     timings.update({f"stage2_{k}": v for k, v in mesh_timings.items()})
     if cfg.export.video:
         t0 = time.perf_counter()
-        result.files["video_mesh"] = turntable(mesh_render_fn(mesh), run_dir / "mesh.mp4", **_video_args(cfg))
+        result.files["video_mesh"] = turntable(mesh_render_fn(mesh), run_dir / "mesh.mp4", **_video_args(cfg, progress))
         timings["video_mesh"] = time.perf_counter() - t0
     if transform is not None:
         centre, scale = transform
@@ -189,10 +189,10 @@ def normalize_gaussians(model, radius: float = 0.5):
     return GaussianModel(params, model.sh_degree), centre, scale
 
 
-def _video_args(cfg: Config) -> dict:
+def _video_args(cfg: Config, progress: bool = False) -> dict:
     e = cfg.export
     return dict(frames=e.video_frames, size=e.video_size, elevation=cfg.elevation if cfg.mode == "image" else -15.0,
-                radius=cfg.camera.radius, fovy=cfg.camera.fovy, progress=False)
+                radius=cfg.camera.radius, fovy=cfg.camera.fovy, progress=progress)
 
 
 def mesh_render_fn(mesh, background=(1.0, 1.0, 1.0)):
@@ -506,6 +506,12 @@ def _execute(run: _Run, ckpt, on_progress: ProgressFn | None, progress: bool, t_
             stage1 = Stage1(cfg, prior, run.ref, run.device)
             if ckpt is not None:
                 _restore(stage1, prior, ckpt)
+            if progress:  # the run's first line: how long it will take here (timed with real steps)
+                from .estimate import announce
+                from .progress import say
+
+                say(announce(stage1, cfg, run.device, time.perf_counter() - t_start,
+                             stage1_done=ckpt is not None and ckpt.stage != "stage1"))
 
             def save(stage: str) -> None:
                 save_checkpoint(ckpt_file, stage=stage, config=to_dict(cfg), trainer=stage1.trainer, prior=prior,
@@ -534,7 +540,8 @@ def _execute(run: _Run, ckpt, on_progress: ProgressFn | None, progress: bool, t_
             if cfg.export.video:
                 t0 = time.perf_counter()
                 result.files["video_gaussians"] = turntable(
-                    gaussian_render_fn(model, backend=cfg.backend), run_dir / "gaussians.mp4", **_video_args(cfg))
+                    gaussian_render_fn(model, backend=cfg.backend), run_dir / "gaussians.mp4",
+                    **_video_args(cfg, progress))
                 timings["video_gaussians"] = time.perf_counter() - t0
             summary = {"mode": cfg.mode, "prompt": cfg.prompt, "image": cfg.image, "seed": run.seed,
                        "prior": prior.describe(), "device": str(run.device), "gaussians": len(model)}

@@ -17,7 +17,6 @@ from typing import Callable
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from .cameras import Cameras, make_cameras, relative_elevation_range, sample_cameras
 from .config import Config
@@ -25,6 +24,7 @@ from .errors import ConfigError
 from .fit import reference_loss
 from .gaussians import GaussianModel
 from .priors.base import Prior
+from .progress import Progress
 from .render import render
 from .train import GaussianTrainer
 
@@ -146,13 +146,11 @@ class Stage1:
 
     def run(self, callback: Callable[["Stage1"], None] | None = None, progress: bool = True) -> GaussianModel:
         s1 = self.cfg.stage1
-        bar = tqdm(total=s1.iters, initial=self.step_count, desc="stage 1", disable=None if progress else True,
-                   dynamic_ncols=True)
-        while self.step_count < s1.iters:
-            self.step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{self.last.get('loss', math.nan):.4g}", gaussians=len(self.model))
-            if callback is not None:
-                callback(self)
-        bar.close()
+        with Progress("stage 1", s1.iters, "steps", initial=self.step_count, enabled=progress,
+                      weight=lambda k: render_size(self.cfg, k) ** 1.45) as bar:  # cost ~ size^1.45 (estimate.py)
+            while self.step_count < s1.iters:
+                self.step()
+                bar.update(1, f"loss {self.last.get('loss', math.nan):.4g}, {len(self.model)} Gaussians")
+                if callback is not None:
+                    callback(self)
         return self.model.detach()

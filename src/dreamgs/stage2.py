@@ -18,7 +18,6 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from .cameras import sphere_views
 from .config import Config
@@ -26,6 +25,7 @@ from .errors import TrainingError
 from .gaussians import GaussianModel
 from .mesh import Mesh
 from .priors.base import Prior
+from .progress import Progress, phase
 from .render import render
 from .train import finite_and_floats
 
@@ -103,8 +103,8 @@ def refine_texture(mesh: Mesh, prior: Prior, cfg: Config, ref=None, generator: t
     gen = generator or torch.Generator().manual_seed(int(cfg.seed or 0))
     stats = {} if stats is None else stats
     stats["bad_steps"] = 0
-    bar = tqdm(range(s2.iters), desc="stage 2", disable=None if progress else True, dynamic_ncols=True)
-    for step in bar:
+    bar = Progress("stage 2: texture", s2.iters, "steps", enabled=progress)
+    for step in range(s2.iters):
         textured = mesh.with_texture(torch.sigmoid(logits))
         cams = sample_training_cameras(cfg, s2.batch_size, s2.render_size, dev, gen, relative=ref is not None)
         white = torch.rand(len(cams), generator=gen) < cfg.stage1.white_background_prob
@@ -130,7 +130,8 @@ def refine_texture(mesh: Mesh, prior: Prior, cfg: Config, ref=None, generator: t
             opt.step()
         if callback is not None:
             callback(step + 1, loss_value)
-        bar.set_postfix(loss=f"{loss_value:.4g}")
+        bar.update(1, f"loss {loss_value:.4g}")
+    bar.close()
     return mesh.with_texture(torch.sigmoid(logits).detach())
 
 
@@ -145,12 +146,15 @@ def run_stage2(model: GaussianModel, prior: Prior | None, cfg: Config, ref=None,
 
     timings = {} if timings is None else timings
     t = time.perf_counter()
-    mesh = extract_mesh(model, cfg.mesh, timings=timings)
-    t = _lap(timings, "extract", t)
-    mesh = unwrap(mesh, resolution=cfg.texture.size, max_piece_faces=cfg.texture.unwrap_piece_faces)
-    t = _lap(timings, "unwrap", t)
-    mesh = mesh.with_texture(bake_from_gaussians(model, mesh, cfg))
-    t = _lap(timings, "bake", t)
+    with phase("stage 2: extracting the mesh", f"{cfg.mesh.grid_resolution}^3 density grid", progress):
+        mesh = extract_mesh(model, cfg.mesh, timings=timings)
+        t = _lap(timings, "extract", t)
+    with phase("stage 2: unwrapping UVs", f"{mesh.num_faces} faces", progress):
+        mesh = unwrap(mesh, resolution=cfg.texture.size, max_piece_faces=cfg.texture.unwrap_piece_faces)
+        t = _lap(timings, "unwrap", t)
+    with phase("stage 2: baking the texture", f"{cfg.texture.bake_views} views", progress):
+        mesh = mesh.with_texture(bake_from_gaussians(model, mesh, cfg))
+        t = _lap(timings, "bake", t)
     if prior is not None and cfg.stage2.iters > 0:
         mesh = refine_texture(mesh, prior, cfg, ref, progress=progress, callback=callback, stats=stats)
         _lap(timings, "refine", t)

@@ -18,16 +18,27 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, InputError
-from .base import Prior, timestep_fraction, view_bucket, view_prompt
-
 if TYPE_CHECKING:
     import torch
+
+    from .base import Prior
 
     from ..config import Config
 
 PRIOR_KINDS = ("sd", "zero123", "stable-zero123", "oracle")
 
 __all__ = ["PRIOR_KINDS", "Prior", "load_prior", "timestep_fraction", "view_bucket", "view_prompt"]
+_BASE = ("Prior", "timestep_fraction", "view_bucket", "view_prompt")
+
+
+def __getattr__(name: str):
+    # The torch-based interface is imported on first use, so `dreamgs info` can read the model
+    # catalogue (priors.weights) without importing torch.
+    if name in _BASE:
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_prior(cfg: "Config", device, ref_image: "torch.Tensor | None" = None) -> Prior:

@@ -19,11 +19,7 @@ from torch import Tensor
 from ..cameras import Cameras
 from .base import VIEW_BUCKETS, view_bucket, view_prompt
 from .latent import LatentDiffusionPrior
-from .weights import CONFIG, TOKENIZER, WEIGHTS, load_component, resolve_dtype, resolve_model_folder
-
-DEFAULT_SD_MODEL = "stabilityai/stable-diffusion-2-1-base"
-SD_COMPONENTS = {"tokenizer": TOKENIZER, "text_encoder": WEIGHTS, "vae": WEIGHTS, "unet": WEIGHTS,
-                 "scheduler": CONFIG}
+from .weights import DEFAULT_SD_MODEL, SD_COMPONENTS, load_component, resolve_dtype, resolve_model_folder
 
 
 class StableDiffusionPrior(LatentDiffusionPrior):

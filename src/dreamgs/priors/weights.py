@@ -10,17 +10,21 @@ only pickled weights) becomes one :class:`~dreamgs.errors.ModelNotFoundError` wh
 names the model and says how to supply the weights. Nothing falls back silently.
 
 Weights are always read with ``use_safetensors=True`` and never with ``trust_remote_code``.
+
+This module does not import torch (only the functions that load tensors do), so ``dreamgs info``
+can check what is on disk without paying for it.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Callable, TypeVar
-
-import torch
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from ..errors import ConfigError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    import torch
 
 T = TypeVar("T")
 
@@ -37,12 +41,21 @@ _CONFIG_FILES = {
 
 _IGNORE = ["*.bin", "*.ckpt", "*.pt", "*.pth", "*.msgpack", "*.onnx", "*.fp16.*", "*non_ema*", "*.ema.*"]
 
+# The priors' default models and the components each needs (used by the priors and by `dreamgs info`).
+DEFAULT_SD_MODEL = "stabilityai/stable-diffusion-2-1-base"
+SD_COMPONENTS = {"tokenizer": TOKENIZER, "text_encoder": WEIGHTS, "vae": WEIGHTS, "unet": WEIGHTS,
+                 "scheduler": CONFIG}
+DEFAULT_ZERO123_MODEL = "ashawkey/zero123-xl-diffusers"
+DEFAULT_STABLE_ZERO123_MODEL = "ashawkey/stable-zero123-diffusers"
+ZERO123_COMPONENTS = {"unet": WEIGHTS, "vae": WEIGHTS, "image_encoder": WEIGHTS,
+                      "feature_extractor": CONFIG, "scheduler": CONFIG, "clip_camera_projection": WEIGHTS}
+
 
 def remedy(model: str) -> str:
     """The one-sentence 'how to supply weights' hint shared by every missing-weights error."""
     return (
-        f"supply the weights with prior.model=/path/to/folder (a diffusers folder), or point "
-        f"HF_HOME at a Hugging Face cache that already holds '{model}'; for gated models log in "
+        f"supply the weights with prior.model=/path/to/folder (a diffusers folder; --model on the command line), "
+        f"or point HF_HOME at a Hugging Face cache that already holds '{model}'; for gated models log in "
         f"first (`hf auth login` or HF_TOKEN)"
     )
 
@@ -53,6 +66,8 @@ def missing(model: str, kind: str, reason: str) -> ModelNotFoundError:
 
 def resolve_dtype(name: str | torch.dtype, device: torch.device | str) -> torch.dtype:
     """``auto`` is fp16 on CUDA and fp32 elsewhere; ``fp32``/``fp16``/``bf16`` are explicit."""
+    import torch
+
     if isinstance(name, torch.dtype):
         return name
     table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -126,15 +141,62 @@ def resolve_model_folder(model: str, components: dict[str, str], kind: str) -> P
         raise missing(model, kind, "no such folder, and it is not a hub id of the form owner/name")
 
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError
 
     try:
         folder = snapshot_download(model, allow_patterns=_allow_patterns(components), ignore_patterns=_IGNORE)
-    except GatedRepoError:
-        raise missing(model, kind, "the repository is gated and this machine is not logged in") from None
-    except (OSError, ValueError, HfHubHTTPError) as e:
-        raise missing(model, kind, _first_line(e)) from None
+    except (OSError, ValueError, HfHubHTTPError) as e:  # reworded: the hub's own messages are long and vague
+        raise missing(model, kind, _hub_failure(e)) from None
     return check_folder(Path(folder), components, model, kind)
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache that model loading reads (HF_HUB_CACHE, else HF_HOME/hub)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def hf_offline() -> bool:
+    """Whether the Hugging Face hub is in offline mode (HF_HUB_OFFLINE=1: the cache only)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def cached_snapshot(model: str, components: dict[str, str], kind: str) -> Path:
+    """The Hugging Face cache's snapshot folder of hub id ``model`` (the one ``refs/main`` names),
+    read from the cache's documented layout without the hub client (fast, and never online)."""
+    repo = hf_cache_dir() / f"models--{model.replace('/', '--')}"
+    try:
+        commit = (repo / "refs" / "main").read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        commit = ""
+    folder = repo / "snapshots" / commit
+    if not commit or "/" in commit or commit in (".", "..") or not folder.is_dir():
+        raise missing(model, kind, f"not in the Hugging Face cache ({hf_cache_dir()})")
+    return folder
+
+
+def _hub_failure(e: BaseException) -> str:
+    """Why a hub download failed, in our words (never the hub library's message)."""
+    from huggingface_hub import errors
+
+    not_cached = f"not in the local Hugging Face cache ({hf_cache_dir()})"
+    if isinstance(e, errors.GatedRepoError):
+        return "the repository is gated and this machine is not logged in"
+    if isinstance(e, errors.RepositoryNotFoundError):
+        return f"{not_cached}, and the hub has no such repository (or it is private and this machine is not logged in)"
+    if isinstance(e, errors.LocalEntryNotFoundError):  # raised when the hub cannot be asked and nothing is cached
+        if hf_offline():
+            return f"{not_cached}, and offline mode is set (HF_HUB_OFFLINE=1)"
+        return f"{not_cached}, and the Hugging Face hub could not be reached (no network)"
+    if isinstance(e, errors.HfHubHTTPError):
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        return f"{not_cached}, and the hub refused the download (HTTP {status or 'error'})"
+    if isinstance(e, OSError) and e.strerror:
+        return f"{not_cached}, and downloading it failed ({e.strerror})"
+    return f"{not_cached}, and downloading it failed ({type(e).__name__})"
 
 
 def _first_line(e: BaseException) -> str:

@@ -55,12 +55,8 @@ from ..cameras import Cameras
 from ..errors import ConfigError, InputError
 from .base import resize
 from .latent import LatentDiffusionPrior
-from .weights import CONFIG, WEIGHTS, load_component, load_safetensors, missing, resolve_dtype, resolve_model_folder
-
-DEFAULT_ZERO123_MODEL = "ashawkey/zero123-xl-diffusers"
-DEFAULT_STABLE_ZERO123_MODEL = "ashawkey/stable-zero123-diffusers"
-ZERO123_COMPONENTS = {"unet": WEIGHTS, "vae": WEIGHTS, "image_encoder": WEIGHTS,
-                      "feature_extractor": CONFIG, "scheduler": CONFIG, "clip_camera_projection": WEIGHTS}
+from .weights import (DEFAULT_STABLE_ZERO123_MODEL, DEFAULT_ZERO123_MODEL, ZERO123_COMPONENTS, load_component,
+                      load_safetensors, missing, resolve_dtype, resolve_model_folder)
 
 PROJECTION_CONFIG = "config.json"
 PROJECTION_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -115,6 +111,24 @@ class CameraProjection(torch.nn.Module):
             save_file(state, str(tmp))
 
 
+def _clip_image_processor_class():
+    """transformers' CLIP image processor. Without torchvision, transformers 5 falls back from
+    ``CLIPImageProcessor`` to ``CLIPImageProcessorPil`` with a warning line; take the PIL one directly
+    then (older transformers have only ``CLIPImageProcessor``, which is the PIL one)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        try:
+            from transformers import CLIPImageProcessorPil
+
+            return CLIPImageProcessorPil
+        except ImportError:
+            pass
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor
+
+
 def camera_vector(elevation: Tensor, azimuth: Tensor, radius: Tensor, ref_elevation: float,
                   ref_radius: float, stable: bool, ref_azimuth: float = 0.0) -> Tensor:
     """Zero123 / Stable-Zero123 camera vectors (C, 4), float32; angles in degrees (our frame)."""
@@ -136,7 +150,9 @@ class Zero123Prior(LatentDiffusionPrior):
                  t_max: float = 0.98, t_schedule: str = "anneal", resolution: int = 0,
                  seed: int | None = None):
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+        from transformers import CLIPVisionModelWithProjection
+
+        CLIPImageProcessor = _clip_image_processor_class()
 
         self.name = "stable-zero123" if stable else "zero123"
         self.stable = stable

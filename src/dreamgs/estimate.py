@@ -1,0 +1,205 @@
+"""A rough forecast of how long a run takes on this device, for the first line a run prints.
+
+Stage 1 depends on everything (device, load, prior, render sizes), so it is measured: :func:`probe`
+takes a few real stage-1 steps at the first render size still ahead, on a throwaway copy of the
+Gaussians, with every random generator saved and restored (the run itself is unchanged, bit for
+bit), and times the prior's share of a step (its SDS loss and gradient) and, when stage 2 refines
+the texture, one call of the prior's refinement. The rest follows from a small cost model,
+:func:`forecast`, in units of the measured render time R of one stage-1 step at 128 px: a step at
+size s costs prior + R (s/128)^1.45 (Gaussians shrink while training, so cost grows more slowly
+than the pixel count), and mesh extraction, unwrapping, baking, texture steps and videos cost
+fixed multiples of R fitted to measured CPU runs of the oracle prior (``_K``).
+
+The forecast is given as a range (``about 3-5 min``); it aims to be within a factor of two.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .config import Config
+
+PROBE_STEPS = 4  # timed stage-1 steps (the first is a warm-up)
+SIZE_EXPONENT = 1.45  # render cost ~ size^1.45 over a stage-1 run (fitted: 128 -> 256 -> 512 px steps)
+# Costs in units of R (see the module docstring), fitted on CPU runs (text, oracle prior, 100 steps).
+_K = {
+    "grid": 28.0,        # density grid, per (grid/128)^3 * (gaussians/5000)
+    "faces_per_cell": 4.2,  # marching-cubes faces per grid_resolution^2, before decimation
+    "unwrap": 5.2,       # xatlas, per 10k faces
+    "bake_view": 4.8,    # per bake view at 512 px (scaled by size^1.45 and the Gaussian count)
+    "refine_mesh": 1.3,  # mesh render + backward per texture step at 512 px (scaled by pixels)
+    "video_frame": 4.0,  # Gaussian turntable, per frame at 512 px (scaled by size^1.45); a guess, not fitted
+    "mesh_frame": 1.6,   # mesh turntable (2x supersampled), per frame at 512 px (scaled by pixels); a guess
+    "exports": 2.0,      # .ply, .glb, .obj/.png
+}
+
+
+@contextmanager
+def _random_state_kept(prior) -> Iterator[None]:
+    """Restore every random generator (global ones and the prior's) after the block."""
+    from .checkpoint import prior_generators
+
+    gens = prior_generators(prior)
+    saved = {k: g.get_state() for k, g in gens.items()}
+    cpu, np_state, py_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        for k, g in gens.items():
+            g.set_state(saved[k])
+        torch.set_rng_state(cpu)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _probe_step(cfg: Config, s1, d) -> int:
+    """A step of the segment starting at ``s1`` whose update neither densifies nor resets opacity."""
+    s = s1
+    for _ in range(64):
+        n = s + 1
+        busy = d.enabled and ((d.start <= n < d.stop and n % d.interval == 0)
+                              or (d.opacity_reset_interval and n % d.opacity_reset_interval == 0))
+        if not busy:
+            break
+        s += 1
+    return s
+
+
+def probe(stage1, cfg: Config) -> dict:
+    """Timings for :func:`forecast` (seconds): ``step_s`` of one stage-1 step at ``size`` px,
+    ``prior_s`` the prior's share of it, ``refine_s`` one texture refinement by the prior. Leaves
+    ``stage1`` and every random generator exactly as they were."""
+    from .gaussians import GaussianModel
+    from .stage1 import Stage1, render_size, sample_training_cameras
+
+    s1cfg = cfg.stage1
+    start = min(stage1.step_count, s1cfg.iters - 1)
+    size = render_size(cfg, start)
+    out: dict = {"size": size, "gaussians": len(stage1.model), "prior_s": 0.0, "refine_s": 0.0}
+    device, prior = stage1.device, stage1.prior
+    with _random_state_kept(prior):
+        model = stage1.model
+        params = {k: v.detach().clone() for k, v in model.params.items()}
+        copy = Stage1(cfg, prior, stage1.ref, device, init=GaussianModel(params, model.sh_degree))
+        step = _probe_step(cfg, start, cfg.densify)
+        times = []
+        for _ in range(PROBE_STEPS):
+            copy.trainer.step_count = step
+            _sync(device)
+            t0 = time.perf_counter()
+            copy.step()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        # The first step pays one-off costs; of the others the fastest, as other processes come and go.
+        out["step_s"] = min(times[1:] or times)
+        del copy
+        gen = torch.Generator().manual_seed(0)
+        cams = sample_training_cameras(cfg, s1cfg.batch_size, size, device, gen)
+        images = torch.full((len(cams), 3, size, size), 0.5, device=device, requires_grad=True)
+        t0 = time.perf_counter()
+        prior.sds(images, cams, start / max(1, s1cfg.iters)).backward()
+        _sync(device)
+        out["prior_s"] = min(time.perf_counter() - t0, 0.9 * out["step_s"])
+        if cfg.stage2.enabled and cfg.stage2.iters > 0:
+            rs = cfg.stage2.render_size
+            cams = sample_training_cameras(cfg, cfg.stage2.batch_size, rs, device, gen)
+            with torch.no_grad():
+                t0 = time.perf_counter()
+                prior.refine(torch.full((len(cams), 3, rs, rs), 0.5, device=device), cams, cfg.stage2.noise_start,
+                             cfg.stage2.refine_steps)
+                _sync(device)
+                out["refine_s"] = time.perf_counter() - t0
+    return out
+
+
+def forecast(cfg: Config, timings: dict, start_step: int = 0, stage1_done: bool = False) -> dict[str, float]:
+    """Predicted seconds of each phase still ahead, from :func:`probe`'s ``timings``."""
+    from .stage1 import render_size
+
+    s1, s2, tex, ex, m = cfg.stage1, cfg.stage2, cfg.texture, cfg.export, cfg.mesh
+    size0, prior_s = timings["size"], timings["prior_s"]
+    render0 = max(timings["step_s"] - prior_s, 0.1 * timings["step_s"])
+    r = render0 * (128 / size0) ** SIZE_EXPONENT  # R: render share of a 128 px step
+
+    def at(size: int, exponent: float = SIZE_EXPONENT) -> float:
+        return (size / 512) ** exponent
+
+    n0 = max(1, timings["gaussians"])
+    d = cfg.densify
+    # Densification grows the model (by about 40% in a short default run); renders slow down with it.
+    dense = d.enabled and d.start <= s1.iters and not stage1_done
+    n = min(d.max_gaussians, int(n0 * 1.4)) if dense else n0
+    phases: dict[str, float] = {}
+    if not stage1_done:
+        phases["stage 1"] = sum(
+            prior_s + render0 * (render_size(cfg, k) / size0) ** SIZE_EXPONENT * (n / n0 if dense and k >= d.start
+                                                                                  else 1.0)
+            for k in range(start_step, s1.iters))
+    outputs = _K["exports"] * r
+    if ex.video:
+        outputs += ex.video_frames * _K["video_frame"] * r * at(ex.video_size) * n / n0
+    if s2.enabled:
+        faces = _K["faces_per_cell"] * m.grid_resolution ** 2
+        faces = min(faces, m.target_faces) if m.target_faces else faces
+        phases["mesh"] = r * (_K["grid"] * (m.grid_resolution / 128) ** 3 * n / 5000 + _K["unwrap"] * faces / 1e4)
+        phases["bake"] = r * tex.bake_views * _K["bake_view"] * at(tex.bake_resolution) * n / 5000
+        if s2.iters > 0:
+            phases["texture"] = s2.iters * (timings["refine_s"]
+                                            + r * _K["refine_mesh"] * at(s2.render_size, 2) * s2.batch_size)
+        if ex.video:
+            outputs += ex.video_frames * _K["mesh_frame"] * r * at(ex.video_size, 2)
+    phases["outputs"] = outputs
+    return phases
+
+
+def describe(seconds: float) -> str:
+    """``about 2-3 min``: a range around the estimate, rounded to what a person plans with."""
+    lo, hi = seconds * 0.75, seconds * 1.35
+    if hi < 90:
+        step = 5 if hi < 30 else 10
+        lo_s, hi_s = max(step, round(lo / step) * step), max(step, round(hi / step) * step)
+        return f"about {lo_s}-{hi_s} s" if hi_s > lo_s else f"about {hi_s} s"
+    if hi < 90 * 60:
+        lo_m, hi_m = max(1, round(lo / 60)), max(1, round(hi / 60))
+        return f"about {lo_m}-{hi_m} min" if hi_m > lo_m else f"about {hi_m} min"
+    return f"about {lo / 3600:.1f}-{hi / 3600:.1f} h"
+
+
+def announce(stage1, cfg: Config, device, elapsed: float, stage1_done: bool = False) -> str:
+    """Probe, forecast and return the run's first line, e.g. ``dreamgs: text -> 3D on cpu, about 3-6 min
+    in all (stage 1 ~2:23, then ~1:54, 0:13 so far)``. ``$DREAMGS_ESTIMATE_DEBUG`` also prints the
+    probe's timings and the predicted phases."""
+    from .progress import clock
+
+    t0 = time.perf_counter()
+    timings = probe(stage1, cfg)
+    phases = forecast(cfg, timings, stage1.step_count, stage1_done)
+    if os.environ.get("DREAMGS_ESTIMATE_DEBUG"):
+        print(f"estimate: probe {timings}, phases {phases}", file=sys.stderr)
+    spent = elapsed + time.perf_counter() - t0
+    total = spent + sum(phases.values())
+    after = sum(v for k, v in phases.items() if k != "stage 1")
+    parts = []
+    if "stage 1" in phases:
+        parts.append(f"stage 1 ~{clock(phases['stage 1'])}")
+    if after > 0:
+        parts.append(f"{'then' if parts else 'stage 2 and outputs'} ~{clock(after)}")
+    parts.append(f"{clock(spent)} so far")
+    what = "image" if cfg.mode == "image" else "text"
+    return f"dreamgs: {what} -> 3D on {device}, {describe(total)} in all ({', '.join(parts)})"
