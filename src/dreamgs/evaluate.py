@@ -50,7 +50,10 @@ def grid_distance(el: torch.Tensor, az: torch.Tensor, cfg) -> torch.Tensor:
 def camera_ranges(cfg) -> tuple[tuple[float, float], tuple[float, float]]:
     """The training cameras' absolute elevation and azimuth ranges (degrees) for ``cfg``."""
     lo, hi = cfg.camera.elevation_range
-    if cfg.mode == "image":
+    if cfg.mode == "image":  # offsets from the input view, as stage 1 samples them
+        from .cameras import relative_elevation_range
+
+        lo, hi = relative_elevation_range(cfg.elevation, (lo, hi), cfg.camera.cover_elevation_range)
         lo, hi = max(cfg.elevation + lo, -80.0), min(cfg.elevation + hi, 80.0)
     return (lo, hi), tuple(cfg.camera.azimuth_range)
 
