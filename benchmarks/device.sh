@@ -58,24 +58,24 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
         bench-ci)  # the test split at CI size, text and image (docs/quality.md)
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
             for m in text image; do
-                python3 -m dreamgs.cli bench --assets test --seeds 3 --mode $m --device cuda --jobs ${JOBS:-8} \
+                python3 -m dreamgs.cli bench --assets test --seeds ${SEEDS:-3} --mode $m --device cuda --jobs ${JOBS:-8} \
                     --config benchmarks/ci_size.yaml --out /tmp/reports/bench-ci-$m
             done ;;
         bench-hard)  # the hard settings: Janus-prone text, image mode that must infer
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
             for m in text image; do
-                python3 -m dreamgs.cli bench --assets test --seeds 3 --mode $m --setting hard --device cuda \
+                python3 -m dreamgs.cli bench --assets test --seeds ${SEEDS:-3} --mode $m --setting hard --device cuda \
                     --jobs ${JOBS:-8} --config benchmarks/ci_size.yaml --out /tmp/reports/bench-hard-$m
             done ;;
         bench-full)  # the default command's sizes: preset full against preset preview, test split
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
             for p in full preview; do
-                python3 -m dreamgs.cli bench --assets test --seeds 3 --mode text --device cuda --jobs ${JOBS:-8} \
+                python3 -m dreamgs.cli bench --assets test --seeds ${SEEDS:-3} --mode text --device cuda --jobs ${JOBS:-8} \
                     --out /tmp/reports/bench-$p-text preset=$p
             done ;;
         fidelity)
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-            python3 benchmarks/fidelity.py --device cuda --jobs ${JOBS:-8} --out /tmp/reports/fidelity ;;
+            python3 benchmarks/fidelity.py --items ${ITEMS:-1,2,3,4,5,6,7,8} --device cuda --jobs ${JOBS:-8} --out /tmp/reports/fidelity ;;
         *)
             echo "unknown step $1"; return 2 ;;
     esac

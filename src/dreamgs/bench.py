@@ -323,26 +323,28 @@ def run_bench(methods: Sequence[str] | dict[str, MethodFn] = ("dreamgaussian",),
         truths[a] = make_truth(a, cfg, views, size)
 
     results: list[dict] = []
+    base_rows: list[dict] = []
     t_start = time.perf_counter()
     if jobs > 1 and not isinstance(methods, dict):
         import concurrent.futures as cf
         import multiprocessing as mp
 
         with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as ex:
-            futs = {ex.submit(_worker, (j, truths[j.asset])): j for j in job_list}
+            base_futs = [ex.submit(baseline_scores, truths[a], mode, int(seeds[0])) for a in asset_list
+                         if baselines]
+            futs = [ex.submit(_worker, (j, truths[j.asset])) for j in job_list]
             for k, fut in enumerate(cf.as_completed(futs)):
                 results.append(fut.result())
                 say(_line(results[-1], k + 1, len(job_list), t_start))
+            for fut in base_futs:
+                base_rows.extend(fut.result())
     else:
         for k, job in enumerate(job_list):
             results.append(_run_job(job, fns[job.method], truths[job.asset]))
             say(_line(results[-1], k + 1, len(job_list), t_start))
-    results.sort(key=lambda r: (r["asset"], r["method"], r["seed"]))
-
-    base_rows = []
-    if baselines:
-        for a in asset_list:
+        for a in asset_list if baselines else []:
             base_rows.extend(baseline_scores(truths[a], mode, int(seeds[0])))
+    results.sort(key=lambda r: (r["asset"], r["method"], r["seed"]))
     report = {
         "mode": mode, "setting": setting, "assets": asset_list, "seeds": [int(s) for s in seeds],
         "methods": list(fns), "views": views, "size": size, "overrides": overrides,
