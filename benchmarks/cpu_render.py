@@ -151,7 +151,7 @@ def case(n: int, size: int, tiles: list[int], repeat: int, dense_max: float, den
 
 def fmt_rate(t: float) -> str:
     r = 1.0 / t
-    return f"{r:.1f}" if r >= 1 else f"{r:.3f}"
+    return f"{r:.1f}" if r >= 10 else f"{r:.3g}"
 
 
 def main() -> int:

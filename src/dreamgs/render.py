@@ -252,10 +252,11 @@ def composite(xy, conic, op, feat, px, py) -> tuple[Tensor, Tensor]:
 def rasterize_torch(means, quats, scales, opacities, colors, viewmats, Ks, width, height, bg,
                     near_plane=0.01, far_plane=1e10, eps2d=0.3, tile_size: int = TILE_SIZE,
                     max_elements: int = 1 << 20) -> RenderOutput:
-    """Differentiable dense rasteriser in PyTorch; see the module docstring for the rules.
+    """Differentiable tile rasteriser in PyTorch; see the module docstring for the rules.
 
-    ``colors`` (N, D) or (C, N, D); ``bg`` (C, D). ``max_elements`` bounds the size of the
-    per-chunk (pixels x Gaussians) tensors.
+    ``colors`` (N, D) or (C, N, D); ``bg`` (C, D). ``tile_size``: screen-tile edge in pixels
+    (speed only: every size gives the same image). ``max_elements`` bounds the size of the
+    per-chunk (tiles x pixels x Gaussians) tensors; 2^20 keeps them in cache on CPUs.
     """
     C, N = viewmats.shape[0], means.shape[0]
     dev, dt = means.device, means.dtype

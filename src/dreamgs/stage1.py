@@ -145,9 +145,11 @@ class Stage1:
         return ok
 
     def run(self, callback: Callable[["Stage1"], None] | None = None, progress: bool = True) -> GaussianModel:
+        from .estimate import SIZE_EXPONENT
+
         s1 = self.cfg.stage1
         with Progress("stage 1", s1.iters, "steps", initial=self.step_count, enabled=progress,
-                      weight=lambda k: render_size(self.cfg, k) ** 1.45) as bar:  # cost ~ size^1.45 (estimate.py)
+                      weight=lambda k: render_size(self.cfg, k) ** SIZE_EXPONENT) as bar:  # ETA: later steps cost more
             while self.step_count < s1.iters:
                 self.step()
                 bar.update(1, f"loss {self.last.get('loss', math.nan):.4g}, {len(self.model)} Gaussians")
