@@ -77,3 +77,22 @@ def test_seed_none_override():
     cfg = load_config("text", None, ["seed=5"])
     apply_override(cfg, "seed=null")
     assert cfg.seed is None
+
+
+def test_preview_preset_fits_sizes_to_the_prior_and_keeps_what_the_user_set():
+    auto = load_config("image", None, ["prior.kind=oracle", "device=cpu"])
+    assert auto.preset == "preview"  # resolved, so config.yaml records what ran
+    assert auto.stage1.render_sizes == (128, 128, 128) and auto.stage1.ref_size == 128  # 2 x the oracle's 64 px
+    assert auto.densify.max_gaussians == 10_000 and auto.texture.bake_views == 12
+    assert auto.texture.size == 512 and auto.export.video_size == 256 and auto.stage2.render_size == 128
+    user = load_config("image", None, ["prior.kind=oracle", "device=cpu", "texture.size=2048",
+                                       "stage1.render_sizes=[64,256,512]"])
+    assert user.texture.size == 2048 and user.stage1.render_sizes == (64, 256, 512)  # the user's values win
+    full = load_config("image", None, ["prior.kind=oracle", "device=cpu", "preset=full"])
+    assert full.preset == "full" and full.stage1.render_sizes == (128, 256, 512) and full.texture.size == 1024
+    # a full-resolution prior's render sizes are not capped (SD works at 512 px)
+    assert load_config("text", None, ["device=cpu"]).stage1.render_sizes == (128, 256, 512)
+    # a run's config.yaml reloads to the same values
+    assert to_dict(from_dict(to_dict(auto))) == to_dict(auto)
+    with pytest.raises(ConfigError, match="preset: expected auto, preview or full"):
+        load_config("text", None, ["preset=tiny"])

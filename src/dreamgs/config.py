@@ -437,11 +437,13 @@ def resolve_preset(cfg: Config) -> str:
 
 
 def preview_values(cfg: Config) -> dict[str, Any]:
-    """The ``preview`` preset: render sizes up to twice the prior's resolution, a Gaussian cap,
-    fewer bake views, a smaller texture and 256-pixel videos (dotted key -> value)."""
+    """The ``preview`` preset: render sizes (the input view's too) up to twice the prior's
+    resolution, a Gaussian cap, fewer bake views, a smaller texture and 256-pixel videos
+    (dotted key -> value)."""
     cap = 2 * prior_resolution(cfg)
     return {
         "stage1.render_sizes": tuple(min(s, cap) for s in cfg.stage1.render_sizes),
+        "stage1.ref_size": min(cfg.stage1.ref_size, cap),
         "densify.max_gaussians": min(cfg.densify.max_gaussians, PREVIEW_MAX_GAUSSIANS),
         "texture.bake_views": min(cfg.texture.bake_views, 12),
         "texture.bake_resolution": min(cfg.texture.bake_resolution, max(2 * cap, 128)),

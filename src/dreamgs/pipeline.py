@@ -506,12 +506,14 @@ def _execute(run: _Run, ckpt, on_progress: ProgressFn | None, progress: bool, t_
             stage1 = Stage1(cfg, prior, run.ref, run.device)
             if ckpt is not None:
                 _restore(stage1, prior, ckpt)
-            if progress:  # the run's first line: how long it will take here (timed with real steps)
+            if progress:  # the run's first lines: how long it will take here (timed with real steps), the preset
+                from .config import preset_line
                 from .estimate import announce
                 from .progress import say
 
                 say(announce(stage1, cfg, run.device, time.perf_counter() - t_start,
                              stage1_done=ckpt is not None and ckpt.stage != "stage1"))
+                say(preset_line(cfg))
 
             def save(stage: str) -> None:
                 save_checkpoint(ckpt_file, stage=stage, config=to_dict(cfg), trainer=stage1.trainer, prior=prior,
