@@ -347,7 +347,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--methods", default="dreamgaussian", metavar="A,B", help="methods to run (default dreamgaussian)")
     p.add_argument("--assets", nargs="+", default=["test"], metavar="ASSET",
                    help="dev | test (splits), mug | house | die | gen:N, or mesh files (default: test)")
-    p.add_argument("--mode", choices=("text", "image"), default="text")
+    p.add_argument("--mode", choices=("text", "image"), default="text", help="text or image to 3D (default text)")
     p.add_argument("--setting", choices=("standard", "hard"), default="standard",
                    help="hard: the Janus-prone text oracle (no view words) / the image oracle that must infer the "
                         "unseen side")
