@@ -426,12 +426,9 @@ def resolve_preset(cfg: Config) -> str:
     resolution (the oracle works at 64 px); else ``full``. An explicit preset is kept."""
     if cfg.preset != "auto":
         return cfg.preset
-    device = cfg.device
-    if device == "auto":
-        import torch
+    from .stage1 import resolve_device
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if not device.startswith("cuda"):
+    if resolve_device(cfg.device).type != "cuda":
         return "preview"
     return "preview" if max(cfg.stage1.render_sizes) > 2 * prior_resolution(cfg) else "full"
 
