@@ -250,7 +250,7 @@ def baseline_scores(truth: Truth, mode: str, seed: int = 0) -> list[dict]:
         turned = _turned(truth.mesh, deg)
         add(f"turned{deg}", *mesh_rgba_views(turned, cams), chamfer_pct(turned, truth))
     a = truth.alpha
-    mean = (truth.rgb * a).sum(dim=(0, 1, 2)) / a.sum().clamp_min(1e-6)  # un-premultiplied mean colour
+    mean = (truth.rgb * a).sum(dim=(0, 1, 2)) / a.sum().clamp_min(1e-6)  # alpha-weighted mean over the silhouette
     add("flat", mean * a + (1 - a), a, None)
     g = cfg.gaussians
     blob = GaussianModel.random_ball(g.num_points, g.init_radius, opacity=g.init_opacity, color=g.init_color,

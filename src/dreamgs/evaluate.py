@@ -93,19 +93,14 @@ def _downsample(img: torch.Tensor, factor: int) -> torch.Tensor:
 
 @torch.no_grad()
 def asset_views(mesh, cams: Cameras, ssaa: int = SSAA) -> torch.Tensor:
-    """Ground-truth renders (C, H, W, 3) of a textured mesh over white, antialiased."""
-    from .mesh.raster import render_mesh
-
-    return render_mesh(mesh, cams.to(mesh.device), background=torch.ones(3, device=mesh.device), ssaa=ssaa).rgb
+    """Ground-truth renders (C, H, W, 3) of a textured mesh over white, antialiased (CPU, float32)."""
+    return mesh_rgba_views(mesh, cams, ssaa)[0]
 
 
 @torch.no_grad()
 def gaussian_views(model, cams: Cameras, ssaa: int = SSAA) -> torch.Tensor:
     """Renders (C, H, W, 3) of Gaussians over white, antialiased like :func:`asset_views`."""
-    from .render import render
-
-    big = cams.resized(cams.width * ssaa, cams.height * ssaa).to(model.device)
-    return _downsample(render(model, big, background=torch.ones(3, device=model.device)).rgb, ssaa)
+    return gaussian_rgba_views(model, cams, ssaa)[0]
 
 
 @torch.no_grad()
