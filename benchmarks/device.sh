@@ -4,7 +4,7 @@
 #     bash benchmarks/device.sh STEP [STEP ...]
 #
 # Steps: env, gsplat (JIT-compile gsplat's CUDA code), render, quality, models, prior, compile, mesh,
-# pipeline, resume, turntable; bench-ci, bench-hard, bench-full, fidelity (docs/quality.md,
+# pipeline, resume, turntable; bench-ci, bench-hard, bench-full, preview-dev, fidelity (docs/quality.md,
 # docs/fidelity.md: their reports are packed into $OUT/reports.tar.gz). Each step's output goes to $OUT/<step>.log (default OUT=/tmp/out).
 # The machine has torch but not our other dependencies: they travel as wheels in .whl/ (not
 # committed; docs/benchmarks.md lists them) and are installed into /tmp/site once per machine.
@@ -55,23 +55,35 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
             python3 benchmarks/resume_gpu.py ;;
         turntable)
             python3 benchmarks/turntable_gpu.py --out /tmp/turntable ;;
-        bench-ci)  # the test split at CI size, text and image (docs/quality.md)
+        bench-ci)  # the test split at CI size, text and image (MODES; docs/quality.md)
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-            for m in text image; do
+            for m in ${MODES:-text image}; do
                 python3 -m dreamgs.cli bench --assets test --seeds ${SEEDS:-3} --mode $m --device cuda --jobs ${JOBS:-8} \
                     --config benchmarks/ci_size.yaml --out /tmp/reports/bench-ci-$m
             done ;;
-        bench-hard)  # the hard settings: Janus-prone text, image mode that must infer
+        bench-hard)  # the hard settings: Janus-prone text, image mode that must infer (MODES)
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-            for m in text image; do
+            for m in ${MODES:-text image}; do
                 python3 -m dreamgs.cli bench --assets test --seeds ${SEEDS:-3} --mode $m --setting hard --device cuda \
                     --jobs ${JOBS:-8} --config benchmarks/ci_size.yaml --out /tmp/reports/bench-hard-$m
             done ;;
-        bench-full)  # the default command's sizes: preset full against preset preview, test split
+        bench-full)  # the default command's sizes: preset full against preset preview, test split (MODES)
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-            for p in full preview; do
-                python3 -m dreamgs.cli bench --assets test --seeds ${SEEDS:-3} --mode text --device cuda --jobs ${JOBS:-8} \
-                    --out /tmp/reports/bench-$p-text preset=$p
+            for m in ${MODES:-text image}; do for p in full preview; do
+                python3 -m dreamgs.cli bench --assets test --seeds ${SEEDS:-3} --mode $m --device cuda --jobs ${JOBS:-8} \
+                    --no-baselines --out /tmp/reports/bench-$p-$m preset=$p export.video=false
+            done; done ;;
+        preview-dev)  # dev split: the preview preset's scaled schedule, with and without a smaller
+            # Gaussian cap, against its earlier 128 px everywhere (MODES)
+            export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+            for m in ${MODES:-text image}; do
+                for v in "scaled" "scaled-6k densify.max_gaussians=6000" \
+                         "128 stage1.render_sizes=[128,128,128] stage1.ref_size=128"; do
+                    set -- $v
+                    python3 -m dreamgs.cli bench --assets dev --seeds ${SEEDS:-1} --mode $m --device cuda \
+                        --jobs ${JOBS:-8} --no-baselines --out /tmp/reports/preview-dev-$m-$1 preset=preview \
+                        export.video=false "${@:2}"
+                done
             done ;;
         fidelity)
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}

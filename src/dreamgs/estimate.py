@@ -1,26 +1,28 @@
 """A rough forecast of how long a run takes on this device, for the first line a run prints.
 
 Stage 1 depends on everything (device, load, prior, render sizes), so it is measured: :func:`probe`
-takes a few real stage-1 steps at the first render size still ahead, on a throwaway copy of the
-Gaussians, with every random generator saved and restored (the run itself is unchanged, bit for
-bit), and times the prior's share of a step (its SDS loss and gradient) and, when stage 2 refines
-the texture, one call of the prior's refinement. The rest follows from a small cost model,
-:func:`forecast`, in units of the measured render time R of one stage-1 step at 128 px: a step at
-size s costs prior + R (s/128)^1.45 (Gaussians shrink while training, so cost grows more slowly
-than the pixel count), and mesh extraction, unwrapping, baking, texture steps and videos cost
-fixed multiples of R fitted to measured CPU runs of the oracle prior (``_K``).
+takes a few real stage-1 steps at the smallest and at the largest render size still ahead, on a
+throwaway copy of the Gaussians, with every random generator saved and restored (the run itself is
+unchanged, bit for bit), and times the prior's share of a step (its SDS loss and gradient) and, when
+stage 2 refines the texture, one call of the prior's refinement. The rest follows from a small cost
+model, :func:`forecast`: the render share of a step at size s is interpolated between the two
+measured sizes as a power of s (a step has fixed costs, so a 32 px step costs far more than 1/16 of
+a 128 px one; with one size, 1.45 is assumed when extrapolating), and mesh extraction, unwrapping,
+baking, texture steps and videos cost fixed multiples of R, the render share of a 128 px step,
+fitted to measured CPU runs of the oracle prior (``_K``).
 
 The forecast is given as a range (``about 3-5 min``); it aims to be within a factor of two.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import sys
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -82,32 +84,37 @@ def _probe_step(cfg: Config, s1, d) -> int:
 
 
 def probe(stage1, cfg: Config) -> dict:
-    """Timings for :func:`forecast` (seconds): ``step_s`` of one stage-1 step at ``size`` px,
-    ``prior_s`` the prior's share of it, ``refine_s`` one texture refinement by the prior. Leaves
-    ``stage1`` and every random generator exactly as they were."""
+    """Timings for :func:`forecast` (seconds): ``step_s``, {render size: one stage-1 step} at the
+    smallest and the largest size still ahead; ``prior_s``, the prior's share of a step;
+    ``refine_s``, one texture refinement by the prior. Leaves ``stage1`` and every random generator
+    exactly as they were."""
     from .gaussians import GaussianModel
     from .stage1 import Stage1, render_size, sample_training_cameras
 
     s1cfg = cfg.stage1
     start = min(stage1.step_count, s1cfg.iters - 1)
+    ahead = {}  # render size -> first step at it, from ``start`` on
+    for k in range(start, s1cfg.iters):
+        ahead.setdefault(render_size(cfg, k), k)
     size = render_size(cfg, start)
-    out: dict = {"size": size, "gaussians": len(stage1.model), "prior_s": 0.0, "refine_s": 0.0}
+    out: dict = {"size": size, "gaussians": len(stage1.model), "prior_s": 0.0, "refine_s": 0.0, "step_s": {}}
     device, prior = stage1.device, stage1.prior
     with _random_state_kept(prior):
         model = stage1.model
         params = {k: v.detach().clone() for k, v in model.params.items()}
         copy = Stage1(cfg, prior, stage1.ref, device, init=GaussianModel(params, model.sh_degree))
-        step = _probe_step(cfg, start, cfg.densify)
-        times = []
-        for _ in range(PROBE_STEPS):
-            copy.trainer.step_count = step
-            _sync(device)
-            t0 = time.perf_counter()
-            copy.step()
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-        # The first step pays one-off costs; of the others the fastest, as other processes come and go.
-        out["step_s"] = min(times[1:] or times)
+        for s in sorted({min(ahead), max(ahead)}):
+            step = _probe_step(cfg, ahead[s], cfg.densify)
+            times = []
+            for _ in range(PROBE_STEPS):
+                copy.trainer.step_count = step
+                _sync(device)
+                t0 = time.perf_counter()
+                copy.step()
+                _sync(device)
+                times.append(time.perf_counter() - t0)
+            # The first step pays one-off costs; of the others the fastest, as other processes come and go.
+            out["step_s"][s] = min(times[1:] or times)
         del copy
         gen = torch.Generator().manual_seed(0)
         cams = sample_training_cameras(cfg, s1cfg.batch_size, size, device, gen)
@@ -115,7 +122,7 @@ def probe(stage1, cfg: Config) -> dict:
         t0 = time.perf_counter()
         prior.sds(images, cams, start / max(1, s1cfg.iters)).backward()
         _sync(device)
-        out["prior_s"] = min(time.perf_counter() - t0, 0.9 * out["step_s"])
+        out["prior_s"] = min(time.perf_counter() - t0, 0.9 * min(out["step_s"].values()))
         if cfg.stage2.enabled and cfg.stage2.iters > 0:
             rs = cfg.stage2.render_size
             cams = sample_training_cameras(cfg, cfg.stage2.batch_size, rs, device, gen)
@@ -128,14 +135,25 @@ def probe(stage1, cfg: Config) -> dict:
     return out
 
 
+def render_model(timings: dict) -> Callable[[int], float]:
+    """Seconds of a stage-1 step's non-prior share at a render size, from :func:`probe`'s timings:
+    a power of the size through the smallest and largest measured sizes (exponent 0-2), or
+    ``SIZE_EXPONENT`` from the one measured size."""
+    prior_s = timings["prior_s"]
+    pts = sorted((s, max(t - prior_s, 0.1 * t)) for s, t in timings["step_s"].items())
+    (s0, c0), (s1, c1) = pts[0], pts[-1]
+    k = min(max(math.log(c1 / c0) / math.log(s1 / s0), 0.0), 2.0) if s1 > s0 else SIZE_EXPONENT
+    return lambda size: c0 * (size / s0) ** k
+
+
 def forecast(cfg: Config, timings: dict, start_step: int = 0, stage1_done: bool = False) -> dict[str, float]:
     """Predicted seconds of each phase still ahead, from :func:`probe`'s ``timings``."""
     from .stage1 import render_size
 
     s1, s2, tex, ex, m = cfg.stage1, cfg.stage2, cfg.texture, cfg.export, cfg.mesh
-    size0, prior_s = timings["size"], timings["prior_s"]
-    render0 = max(timings["step_s"] - prior_s, 0.1 * timings["step_s"])
-    r = render0 * (128 / size0) ** SIZE_EXPONENT  # R: render share of a 128 px step
+    prior_s = timings["prior_s"]
+    render_s = render_model(timings)
+    r = render_s(128)  # R: render share of a 128 px step
 
     def at(size: int, exponent: float = SIZE_EXPONENT) -> float:
         return (size / 512) ** exponent
@@ -148,8 +166,7 @@ def forecast(cfg: Config, timings: dict, start_step: int = 0, stage1_done: bool 
     phases: dict[str, float] = {}
     if not stage1_done:
         phases["stage 1"] = sum(
-            prior_s + render0 * (render_size(cfg, k) / size0) ** SIZE_EXPONENT * (n / n0 if dense and k >= d.start
-                                                                                  else 1.0)
+            prior_s + render_s(render_size(cfg, k)) * (n / n0 if dense and k >= d.start else 1.0)
             for k in range(start_step, s1.iters))
     outputs = _K["exports"] * r
     if ex.video:
@@ -187,9 +204,13 @@ def announce(stage1, cfg: Config, device, elapsed: float, stage1_done: bool = Fa
     probe's timings and the predicted phases."""
     from .progress import clock
 
+    from .stage1 import render_size
+
     t0 = time.perf_counter()
     timings = probe(stage1, cfg)
     phases = forecast(cfg, timings, stage1.step_count, stage1_done)
+    render_s = render_model(timings)
+    stage1.step_cost = lambda k: timings["prior_s"] + render_s(render_size(cfg, k))  # the bar's ETA
     if os.environ.get("DREAMGS_ESTIMATE_DEBUG"):
         print(f"estimate: probe {timings}, phases {phases}", file=sys.stderr)
     spent = elapsed + time.perf_counter() - t0

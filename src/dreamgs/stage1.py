@@ -21,6 +21,7 @@ from torch import Tensor
 from .cameras import Cameras, make_cameras, relative_elevation_range, sample_cameras
 from .config import Config
 from .errors import ConfigError
+from .estimate import SIZE_EXPONENT
 from .fit import reference_loss
 from .gaussians import GaussianModel
 from .priors.base import Prior
@@ -109,6 +110,8 @@ class Stage1:
         w = cfg.stage1.ref_warmup
         self.warmup = w == "on" or (w == "auto" and cfg.prior.kind != "stable-zero123")
         self.last: dict[str, float] = {}
+        # Relative cost of step k, for the progress bar's ETA; estimate.announce sets the measured one.
+        self.step_cost: Callable[[int], float] = lambda k: render_size(cfg, k) ** SIZE_EXPONENT
 
     @property
     def step_count(self) -> int:
@@ -145,11 +148,9 @@ class Stage1:
         return ok
 
     def run(self, callback: Callable[["Stage1"], None] | None = None, progress: bool = True) -> GaussianModel:
-        from .estimate import SIZE_EXPONENT
-
         s1 = self.cfg.stage1
         with Progress("stage 1", s1.iters, "steps", initial=self.step_count, enabled=progress,
-                      weight=lambda k: render_size(self.cfg, k) ** SIZE_EXPONENT) as bar:  # ETA: later steps cost more
+                      weight=self.step_cost) as bar:
             while self.step_count < s1.iters:
                 self.step()
                 bar.update(1, f"loss {self.last.get('loss', math.nan):.4g}, {len(self.model)} Gaussians")
