@@ -82,17 +82,12 @@ def test_seed_none_override():
 def test_preview_preset_fits_sizes_to_the_prior_and_keeps_what_the_user_set():
     auto = load_config("image", None, ["prior.kind=oracle", "device=cpu"])
     assert auto.preset == "preview"  # resolved, so config.yaml records what ran
-    # DreamGaussian's schedule scaled by a quarter: its largest render is 2 x the oracle's 64 px
-    assert auto.stage1.render_sizes == (32, 64, 128) and auto.stage1.ref_size == 64
+    assert auto.stage1.render_sizes == (128, 128, 128) and auto.stage1.ref_size == 128  # 2 x the oracle's 64 px
     assert auto.densify.max_gaussians == 10_000 and auto.texture.bake_views == 12
     assert auto.texture.size == 512 and auto.export.video_size == 256 and auto.stage2.render_size == 128
     user = load_config("image", None, ["prior.kind=oracle", "device=cpu", "texture.size=2048",
                                        "stage1.render_sizes=[64,256,512]"])
     assert user.texture.size == 2048 and user.stage1.render_sizes == (64, 256, 512)  # the user's values win
-    assert user.stage1.ref_size == 64  # scaled with the user's schedule
-    small = load_config("image", None, ["prior.kind=oracle", "device=cpu", "stage1.render_sizes=[64]",
-                                        "stage1.size_milestones=[]"])
-    assert small.stage1.render_sizes == (64,) and small.stage1.ref_size == 128  # no scaling; capped at 2 x 64
     full = load_config("image", None, ["prior.kind=oracle", "device=cpu", "preset=full"])
     assert full.preset == "full" and full.stage1.render_sizes == (128, 256, 512) and full.texture.size == 1024
     # a full-resolution prior's render sizes are not capped (SD works at 512 px)

@@ -89,3 +89,17 @@ def test_plain_lines_every_interval_with_a_weighted_eta(monkeypatch, capsys):
 def test_estimate_ranges_read_naturally(seconds, text):
     assert describe(seconds) == text
     assert clock(98) == "1:38" and clock(3725) == "1:02:05"
+
+
+def test_step_cost_model_runs_through_both_measured_sizes():
+    """The estimate's render share of a step: a power law through the two probed sizes (a 32 px step
+    is far from 1/16 of a 128 px one), or the assumed exponent from a single size."""
+    import math
+
+    from dreamgs.estimate import SIZE_EXPONENT, render_model
+
+    f = render_model({"prior_s": 0.1, "step_s": {32: 0.3, 128: 0.5}})
+    assert f(32) == pytest.approx(0.2) and f(128) == pytest.approx(0.4)
+    assert f(64) == pytest.approx(math.sqrt(0.2 * 0.4))  # halfway in log-size
+    one = render_model({"prior_s": 0.0, "step_s": {128: 1.0}})
+    assert one(256) == pytest.approx(2**SIZE_EXPONENT)

@@ -434,17 +434,13 @@ def resolve_preset(cfg: Config) -> str:
 
 
 def preview_values(cfg: Config) -> dict[str, Any]:
-    """The ``preview`` preset (dotted key -> value): the stage-1 size schedule scaled down so that
-    its largest render is twice the prior's resolution (every step's size and the input view's
-    by the same factor, so the schedule keeps its shape: DreamGaussian's 128/256/512 with a 256 px
-    input view becomes 32/64/128 with a 64 px one for the 64 px oracle), a Gaussian cap, fewer bake
-    views, a smaller texture and 256-pixel videos."""
+    """The ``preview`` preset: render sizes (the input view's too) up to twice the prior's
+    resolution, a Gaussian cap, fewer bake views, a smaller texture and 256-pixel videos
+    (dotted key -> value)."""
     cap = 2 * prior_resolution(cfg)
-    scale = min(1.0, cap / max(cfg.stage1.render_sizes))
-    smaller = lambda size: max(PREVIEW_MIN_SIZE, min(size, round(size * scale)))  # noqa: E731
     return {
-        "stage1.render_sizes": tuple(smaller(s) for s in cfg.stage1.render_sizes),
-        "stage1.ref_size": min(smaller(cfg.stage1.ref_size), cap),
+        "stage1.render_sizes": tuple(min(s, cap) for s in cfg.stage1.render_sizes),
+        "stage1.ref_size": min(cfg.stage1.ref_size, cap),
         "densify.max_gaussians": min(cfg.densify.max_gaussians, PREVIEW_MAX_GAUSSIANS),
         "texture.bake_views": min(cfg.texture.bake_views, 12),
         "texture.bake_resolution": min(cfg.texture.bake_resolution, max(2 * cap, 128)),
@@ -456,7 +452,6 @@ def preview_values(cfg: Config) -> dict[str, Any]:
 
 
 PREVIEW_MAX_GAUSSIANS = 10_000
-PREVIEW_MIN_SIZE = 16  # no preview render below this many pixels
 
 
 def apply_size_preset(cfg: Config, user_keys: typing.Collection[str] = ()) -> None:
