@@ -52,7 +52,7 @@ def test_small_bench_orders_baselines_and_catches_a_broken_method(tmp_path):
     for name in ("bench.json", "bench.md", "bench.png"):
         assert (tmp_path / name).stat().st_size > 0
     on_disk = json.loads((tmp_path / "bench.json").read_text())
-    assert on_disk["results"] == json.loads(json.dumps(report["results"]))
+    assert on_disk["complete"] is True and on_disk["results"] == json.loads(json.dumps(report["results"]))
     keys = {"method", "mode", "asset", "seed", "psnr", "psnr_masked", "chamfer_pct", "pose_offset_deg", "seconds"}
     assert all(keys <= set(r) for r in report["results"]) and len(report["results"]) == 4
     assert all({"name", "mode", "asset", "psnr", "psnr_masked", "chamfer_pct"} <= set(b) for b in report["baselines"])
@@ -77,6 +77,24 @@ def test_small_bench_orders_baselines_and_catches_a_broken_method(tmp_path):
     assert all(abs(abs(r["pose_offset_deg"]) - 90) <= 20 for r in broken), broken
     assert mean(broken, "psnr_masked") < mean(mine, "psnr_masked") - 2.0
     assert "does not beat" in (tmp_path / "bench.md").read_text()  # turned90 loses to the truth turned 15
+
+
+def test_an_interrupted_bench_keeps_the_runs_that_finished(tmp_path):
+    from dreamgs.bench import load_truth
+    from dreamgs.export import save_glb
+
+    def truth_then_crash(job):  # seed 0: the true mesh itself; seed 1: the run dies
+        if job.seed == 1:
+            raise RuntimeError("out of memory")
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        return save_glb(load_truth(job.asset), job.run_dir / "model.glb")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_bench({"truth-copy": truth_then_crash}, ["gen:0"], seeds=(0, 1), out_dir=tmp_path, baselines=False,
+                  device="cpu", progress=False)
+    partial = json.loads((tmp_path / "bench.json").read_text())
+    assert partial["complete"] is False and [r["seed"] for r in partial["results"]] == [0]
+    assert partial["results"][0]["psnr_masked"] > 30  # the truth, scored
 
 
 def test_bench_cli_rejects_unknown_assets_and_methods(tmp_path, capsys):

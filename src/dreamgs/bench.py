@@ -325,6 +325,16 @@ def run_bench(methods: Sequence[str] | dict[str, MethodFn] = ("dreamgaussian",),
     results: list[dict] = []
     base_rows: list[dict] = []
     t_start = time.perf_counter()
+    report = {
+        "mode": mode, "setting": setting, "assets": asset_list, "seeds": [int(s) for s in seeds],
+        "methods": list(fns), "views": views, "size": size, "overrides": overrides, "complete": False,
+        "results": results, "baselines": base_rows,
+    }
+
+    def done(r: dict, k: int) -> None:  # every finished run is in bench.json at once (complete: false)
+        results.append(r)
+        write_partial(report, out)
+        say(_line(r, k + 1, len(job_list), t_start))
     if jobs > 1 and not isinstance(methods, dict):
         import concurrent.futures as cf
         import multiprocessing as mp
@@ -334,22 +344,16 @@ def run_bench(methods: Sequence[str] | dict[str, MethodFn] = ("dreamgaussian",),
                          if baselines]
             futs = [ex.submit(_worker, (j, truths[j.asset])) for j in job_list]
             for k, fut in enumerate(cf.as_completed(futs)):
-                results.append(fut.result())
-                say(_line(results[-1], k + 1, len(job_list), t_start))
+                done(fut.result(), k)
             for fut in base_futs:
                 base_rows.extend(fut.result())
     else:
         for k, job in enumerate(job_list):
-            results.append(_run_job(job, fns[job.method], truths[job.asset]))
-            say(_line(results[-1], k + 1, len(job_list), t_start))
+            done(_run_job(job, fns[job.method], truths[job.asset]), k)
         for a in asset_list if baselines else []:
             base_rows.extend(baseline_scores(truths[a], mode, int(seeds[0])))
     results.sort(key=lambda r: (r["asset"], r["method"], r["seed"]))
-    report = {
-        "mode": mode, "setting": setting, "assets": asset_list, "seeds": [int(s) for s in seeds],
-        "methods": list(fns), "views": views, "size": size, "overrides": overrides,
-        "results": results, "baselines": base_rows,
-    }
+    report["complete"] = True
     write_report(report, out)
     say(f"bench: wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}")
     return _public(report)
@@ -462,6 +466,13 @@ def contact_sheet(report: dict, max_assets: int = 3) -> np.ndarray:
     if not tiles:
         return np.ones((8, 8, 3))
     return image_grid(np.stack(tiles), ncols=SHEET_VIEWS, pad=2)
+
+
+def write_partial(report: dict, out: Path) -> None:
+    """bench.json alone, as it stands: an interrupted bench keeps every run that finished."""
+    from .run import atomic_write
+
+    atomic_write(out / "bench.json", json.dumps(_public(report), indent=1, default=_json_default))
 
 
 def write_report(report: dict, out: Path) -> None:
