@@ -203,7 +203,6 @@ def announce(stage1, cfg: Config, device, elapsed: float, stage1_done: bool = Fa
     in all (stage 1 ~2:23, then ~1:54, 0:13 so far)``. ``$DREAMGS_ESTIMATE_DEBUG`` also prints the
     probe's timings and the predicted phases."""
     from .progress import clock
-
     from .stage1 import render_size
 
     t0 = time.perf_counter()

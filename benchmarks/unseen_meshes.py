@@ -1,0 +1,67 @@
+"""Write two mesh files the project has never seen, for the bench's ``--assets PATH`` check
+(docs/quality.md): ``lamp.glb``, nearly symmetric about its vertical axis, and ``kettle.glb``,
+clearly asymmetric. Vertex-coloured primitives, y up, built with trimesh.
+
+    python benchmarks/unseen_meshes.py --out /tmp
+    dreamgs bench --assets /tmp/kettle.glb --seeds 1 --out bench-kettle
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import trimesh
+from trimesh.transformations import rotation_matrix
+
+
+def _coloured(mesh: trimesh.Trimesh, rgb) -> trimesh.Trimesh:
+    mesh.visual.vertex_colors = np.tile(np.array([*rgb, 255], np.uint8), (len(mesh.vertices), 1))
+    return mesh
+
+
+def _moved(mesh: trimesh.Trimesh, offset) -> trimesh.Trimesh:
+    mesh.apply_translation(offset)
+    return mesh
+
+
+def lamp() -> trimesh.Trimesh:
+    c = trimesh.creation
+    parts = [
+        _coloured(_moved(c.cylinder(radius=0.35, height=0.15, sections=48), [0, 0, -0.45]), (40, 60, 160)),
+        _coloured(_moved(c.cylinder(radius=0.06, height=0.7, sections=24), [0.1, 0, -0.05]), (200, 200, 210)),
+        _coloured(_moved(c.cone(radius=0.4, height=0.4, sections=48), [0.1, 0, 0.2]), (230, 120, 30)),
+        _coloured(_moved(c.icosphere(subdivisions=2, radius=0.09), [0.3, 0.25, -0.35]), (220, 30, 40)),
+    ]
+    return trimesh.util.concatenate(parts)
+
+
+def kettle() -> trimesh.Trimesh:
+    c = trimesh.creation
+    spout = c.cylinder(radius=0.06, height=0.45, sections=24)
+    spout.apply_transform(rotation_matrix(np.pi / 3, [0, 1, 0]))
+    handle = c.torus(major_radius=0.16, minor_radius=0.04)
+    handle.apply_transform(rotation_matrix(np.pi / 2, [1, 0, 0]))
+    parts = [
+        _coloured(c.box(extents=[0.7, 0.45, 0.5]), (40, 110, 60)),
+        _coloured(_moved(c.cylinder(radius=0.15, height=0.12, sections=32), [-0.12, 0, 0.3]), (240, 220, 40)),
+        _coloured(_moved(spout, [0.5, 0, 0.12]), (200, 40, 40)),
+        _coloured(_moved(handle, [-0.4, 0, 0.02]), (30, 30, 200)),
+        _coloured(_moved(c.box(extents=[0.2, 0.5, 0.08]), [0.15, 0.0, -0.29]), (250, 250, 250)),
+    ]
+    return trimesh.util.concatenate(parts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=".", help="folder for lamp.glb and kettle.glb")
+    out = Path(ap.parse_args().out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, make in (("lamp", lamp), ("kettle", kettle)):
+        mesh = make()
+        mesh.apply_transform(rotation_matrix(-np.pi / 2, [1, 0, 0]))  # z up -> y up
+        mesh.export(out / f"{name}.glb")
+        print(out / f"{name}.glb", len(mesh.faces), "faces")
+
+
+if __name__ == "__main__":
+    main()
