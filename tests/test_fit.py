@@ -1,7 +1,6 @@
 """Multi-view fitting end to end: the Gaussian engine's proof, and its input checks."""
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -21,9 +20,7 @@ def test_fit_synthetic_scene_reaches_28db_on_heldout_views():
     assert len(train) == 24
     train_imgs, test_imgs = render_rgba(scene, train), render_rgba(scene, test)
     cfg = load_config("text", None, ["device=cpu", "backend=torch", "fit.iters=300"])
-    t0 = time.perf_counter()
     model = fit_gaussians(train_imgs, train, cfg, seed=0, progress=False)
-    elapsed = time.perf_counter() - t0
     scores = evaluate(model, test_imgs, test)
     assert min(scores) > 25.0
     assert sum(scores) / len(scores) >= 28.0, scores
@@ -31,7 +28,6 @@ def test_fit_synthetic_scene_reaches_28db_on_heldout_views():
     start = GaussianModel.random_ball(cfg.fit.num_points, cfg.fit.init_radius, opacity=cfg.fit.init_opacity)
     blank = evaluate(start, test_imgs, test)
     assert sum(blank) / len(blank) < 20.0
-    assert elapsed < 180.0
 
 
 def _write_dataset(root, n=3, size=16, alpha=True, sizes=None):
