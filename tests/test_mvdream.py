@@ -351,6 +351,25 @@ def test_view_group_cameras_are_90_degrees_apart_at_a_shared_elevation():
         assert len(set(az[:, 0].tolist())) == 3 and ((az >= -180) & (az < 180)).all()
 
 
+def test_step_cameras_follow_the_prior():
+    """Stage 1, stage 2 and the time estimate all take their cameras from stage1.step_cameras."""
+    from dreamgs.config import load_config
+    from dreamgs.stage1 import sample_training_cameras, step_cameras
+
+    class MultiView:
+        views_per_sample = 4
+
+    class SingleView:
+        views_per_sample = 1
+
+    cfg = load_config("text")
+    grouped = step_cameras(cfg, MultiView(), 2, 32, "cpu", torch.Generator().manual_seed(5))
+    assert len(grouped) == 8 and (grouped.elevation[:4] == grouped.elevation[0]).all()
+    single = step_cameras(cfg, SingleView(), 2, 32, "cpu", torch.Generator().manual_seed(5))
+    plain = sample_training_cameras(cfg, 2, 32, "cpu", torch.Generator().manual_seed(5))
+    assert torch.equal(single.viewmats, plain.viewmats)  # single-view priors: draws unchanged
+
+
 def test_stage1_step_gives_the_prior_one_view_group(mv_prior, ldm_file, monkeypatch):
     from dreamgs.stage1 import Stage1
 
@@ -371,3 +390,34 @@ def test_stage1_step_gives_the_prior_one_view_group(mv_prior, ldm_file, monkeypa
     steps = az.double().diff() % 360.0
     torch.testing.assert_close(steps, torch.full_like(steps, 90.0), atol=1e-4, rtol=0)
     assert (el == el[0]).all()
+
+
+def test_full_size_mvdream_maps_onto_the_published_ldm_names():
+    """The published MVDream config (SD 2.1-base: 320 channels, mult 1/2/4/4, 2 res blocks, attention
+    at 4/2/1, context 1024, camera 16), built without memory on the meta device: every diffusers
+    parameter has its own ldm name, the well-known SD ldm names have the published shapes, and the
+    structure read back from those names is the config again."""
+    from dreamgs.priors import mvdream_ckpt as ck
+    from dreamgs.priors.mvdream import MultiViewUNet
+
+    spec = ck.UNetSpec(in_channels=4, out_channels=4, model_channels=320, channel_mult=(1, 2, 4, 4), num_res_blocks=2,
+                       attention_levels=(True, True, True, False), context_dim=1024, camera_dim=16)
+    with torch.device("meta"):
+        unet = MultiViewUNet(spec)
+    key_map = ck.unet_key_map(spec, U)
+    ldm = {key_map(k)[0]: v for k, v in unet.unet.state_dict().items()}
+    assert len(ldm) == len(unet.unet.state_dict()) == 690  # one name each: SD 2.1's 686 UNet tensors + 4 camera MLP
+    shapes = {
+        "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight": (320, 320),
+        "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 1024),
+        "input_blocks.3.0.op.weight": (320, 320, 3, 3), "input_blocks.4.0.skip_connection.weight": (640, 320, 1, 1),
+        "input_blocks.11.0.out_layers.3.weight": (1280, 1280, 3, 3), "middle_block.1.proj_in.weight": (1280, 1280),
+        "output_blocks.2.1.conv.weight": (1280, 1280, 3, 3), "output_blocks.5.2.conv.weight": (1280, 1280, 3, 3),
+        "output_blocks.8.2.conv.weight": (640, 640, 3, 3), "output_blocks.11.1.proj_out.weight": (320, 320),
+        "time_embed.0.weight": (1280, 320), "camera_embed.0.weight": (1280, 16), "camera_embed.2.weight": (1280, 1280),
+        "out.2.weight": (4, 320, 3, 3),
+    }
+    for key, shape in shapes.items():
+        assert tuple(ldm[U + key].shape) == shape, key
+    assert not any(k.startswith(U + "input_blocks.12") or k.startswith(U + "output_blocks.12") for k in ldm)
+    assert ck.unet_spec(ldm, U) == spec

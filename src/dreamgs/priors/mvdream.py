@@ -23,11 +23,12 @@ Architecture, built on diffusers' ``UNet2DConditionModel`` (SD 2.1-base layout, 
 Guidance: the views of a sample form one group; ``sds`` and ``refine`` take B = 4·G images whose
 cameras are G groups of 4 consecutive views (stage 1 renders them at azimuths a, a+90, a+180,
 a+270 with a shared elevation; :data:`VIEWS`). CFG batches ``[cond; uncond]`` as the other latent
-priors do; the camera is the same in both halves. Default guidance: **50** for MVDream (inside
-MVDream-threestudio's usual 50 and below DreamGaussian's 100, which oversaturates with SD-style
-w(t) = 1 - abar_t weighting; set ``prior.guidance_scale=100`` for DreamGaussian's value) and
-**5** for ImageDream (DreamGaussian's). Prompts are not made view-dependent: the camera embedding
-carries the view.
+priors do; the camera is the same in both halves. Default guidance: **50** for MVDream, the value
+of MVDream-threestudio's ``mvdream-sd21.yaml`` (DreamGaussian's MVDream config uses 100 with
+w(t) = 1; ``prior.guidance_scale=100`` gives that scale, with our w(t) = 1 - abar_t kept), and **5**
+for ImageDream (DreamGaussian's and ImageDream's). The SDS itself is the plain
+``w(t) (eps_hat - eps)`` of the other latent priors, not MVDream-threestudio's x0-reconstruction
+loss with std rescaling. Prompts are not made view-dependent: the camera embedding carries the view.
 
 Loading: see :mod:`dreamgs.priors.mvdream_ckpt` for the two checkpoint layouts and their strict
 key maps. Nothing here runs any code from a checkpoint or repository.
