@@ -8,7 +8,10 @@ downloads. Weights are random: outputs are meaningless but deterministic for a s
   ``unet/``, ``scheduler/`` (as ``StableDiffusionPipeline.save_pretrained`` does);
 - :func:`build_tiny_zero123` writes ``model_index.json``, ``unet/`` (8 input channels), ``vae/``,
   ``image_encoder/``, ``feature_extractor/``, ``scheduler/``, ``clip_camera_projection/``;
-- :func:`tiny_config` returns a :class:`~dreamgs.config.Config` pointing at such a folder.
+- :func:`tiny_config` returns a :class:`~dreamgs.config.Config` pointing at such a folder;
+- :func:`build_tiny_mvdream_ldm` writes MVDream's original single-file layout (ldm key names) and
+  :func:`build_tiny_multiview_folder` the diffusers-style MVDream / ImageDream conversions;
+  :func:`tiny_mv_config` points a Config at either.
 
 The VAE downsamples by 2 (not 8) and the priors run at :data:`TINY_RESOLUTION` px.
 """
