@@ -154,7 +154,10 @@ def test_prior_choices_name_missing_weights_and_remedy(settings):
     assert "weights not found locally" in labels["sd"] and "not found" not in labels["oracle"]
     note = prior_note("sd", notes)
     assert "stabilityai/stable-diffusion-2-1-base" in note and "prior.model=" in note and "HF_HOME" in note
-    _, _, inotes = prior_choices("image", settings)
+    assert "weights not found locally" in labels["mvdream"] and "MVDream/MVDream" in prior_note("mvdream", notes)
+    ichoices, _, inotes = prior_choices("image", settings)
+    assert "imagedream" in dict((v, k) for k, v in ichoices)
+    assert "ashawkey/imagedream-ipmv-diffusers" in prior_note("imagedream", inotes)
     assert "ashawkey/zero123-xl-diffusers" in prior_note("zero123", inotes)
     assert "ashawkey/stable-zero123-diffusers" in prior_note("stable-zero123", inotes)
     assert "offline" in prior_note("oracle", notes)

@@ -306,7 +306,7 @@ def test_missing_path_raises_model_not_found():
 def test_unknown_kind_and_missing_inputs(sd_folder, z_folder):
     cfg = tiny_config("sd", sd_folder)
     cfg.prior.kind = "dalle"
-    with pytest.raises(ConfigError, match="sd, zero123, stable-zero123, oracle"):
+    with pytest.raises(ConfigError, match="sd, zero123, stable-zero123, mvdream, imagedream, oracle"):
         load_prior(cfg, "cpu")
     with pytest.raises(InputError, match="input image"):
         load_prior(tiny_config("zero123", z_folder), "cpu")

@@ -42,8 +42,8 @@ DEFAULT_PORT = 7860
 DEFAULT_WORKDIR = "outputs/app"
 DEFAULT_MAX_UPLOAD_MB = 20.0
 MAX_QUEUE = 32  # jobs waiting at once; more are refused with a "queue full" message
-TEXT_PRIORS = ("oracle", "sd")
-IMAGE_PRIORS = ("oracle", "zero123", "stable-zero123")
+TEXT_PRIORS = ("oracle", "sd", "mvdream")
+IMAGE_PRIORS = ("oracle", "zero123", "stable-zero123", "imagedream")
 STATUS_INTERVAL_S = 0.25  # least time between two status updates (previews always go through)
 MAX_STEPS = 5000
 

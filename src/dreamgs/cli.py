@@ -26,9 +26,10 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prior", metavar="KIND",
-                   help="sd | zero123 | stable-zero123 | oracle | oracle:ASSET_OR_FILE "
+                   help="sd | zero123 | stable-zero123 | mvdream | imagedream | oracle | oracle:ASSET_OR_FILE "
                         "(oracle = the built-in exact prior, works offline)")
-    p.add_argument("--model", metavar="ID_OR_DIR", help="diffusers model: hub id or local folder")
+    p.add_argument("--model", metavar="ID_OR_DIR", help="diffusers model: hub id or local folder (mvdream: "
+                                                        "also its .safetensors checkpoint file)")
     p.add_argument("--seed", type=int, help="random seed (default: drawn and recorded in seed.txt)")
     p.add_argument("--out", metavar="DIR", help="parent folder for the run folder (default: outputs)")
     p.add_argument("--run-dir", metavar="DIR", help="exact run folder to write (default: a new folder under --out)")

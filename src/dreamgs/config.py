@@ -78,10 +78,11 @@ class DensifyConfig:
 
 @dataclass
 class PriorConfig:
-    kind: str = "sd"  # sd | zero123 | stable-zero123 | oracle
+    kind: str = "sd"  # sd | zero123 | stable-zero123 | mvdream | imagedream | oracle
     model: str = ""  # hub id or local folder; empty picks the default for the kind
     asset: str = ""  # oracle: built-in asset name or a path to .obj/.glb/.ply ("" = from prompt)
-    guidance_scale: float | None = None  # None = the prior's default (SD 100, Zero123 5, oracle 2)
+    # None = the prior's default (SD 100, Zero123 5, MVDream 50, ImageDream 5, oracle 2)
+    guidance_scale: float | None = None
     t_min: float = 0.02
     t_max: float = 0.98
     t_schedule: str = "anneal"  # anneal | random
@@ -411,7 +412,8 @@ def _flat_keys(data: dict, prefix: str = "") -> set[str]:
     return keys
 
 
-PRIOR_RESOLUTION = {"sd": 512, "zero123": 256, "stable-zero123": 256}  # native image size of each prior
+# native image size of each prior
+PRIOR_RESOLUTION = {"sd": 512, "zero123": 256, "stable-zero123": 256, "mvdream": 256, "imagedream": 256}
 
 
 def prior_resolution(cfg: Config) -> int:

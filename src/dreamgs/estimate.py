@@ -89,7 +89,7 @@ def probe(stage1, cfg: Config) -> dict:
     ``refine_s``, one texture refinement by the prior. Leaves ``stage1`` and every random generator
     exactly as they were."""
     from .gaussians import GaussianModel
-    from .stage1 import Stage1, render_size, sample_training_cameras
+    from .stage1 import Stage1, render_size, step_cameras
 
     s1cfg = cfg.stage1
     start = min(stage1.step_count, s1cfg.iters - 1)
@@ -117,7 +117,7 @@ def probe(stage1, cfg: Config) -> dict:
             out["step_s"][s] = min(times[1:] or times)
         del copy
         gen = torch.Generator().manual_seed(0)
-        cams = sample_training_cameras(cfg, s1cfg.batch_size, size, device, gen)
+        cams = step_cameras(cfg, prior, s1cfg.batch_size, size, device, gen)
         images = torch.full((len(cams), 3, size, size), 0.5, device=device, requires_grad=True)
         t0 = time.perf_counter()
         prior.sds(images, cams, start / max(1, s1cfg.iters)).backward()
@@ -125,7 +125,7 @@ def probe(stage1, cfg: Config) -> dict:
         out["prior_s"] = min(time.perf_counter() - t0, 0.9 * min(out["step_s"].values()))
         if cfg.stage2.enabled and cfg.stage2.iters > 0:
             rs = cfg.stage2.render_size
-            cams = sample_training_cameras(cfg, cfg.stage2.batch_size, rs, device, gen)
+            cams = step_cameras(cfg, prior, cfg.stage2.batch_size, rs, device, gen)
             with torch.no_grad():
                 t0 = time.perf_counter()
                 prior.refine(torch.full((len(cams), 3, rs, rs), 0.5, device=device), cams, cfg.stage2.noise_start,

@@ -25,17 +25,21 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ConfigError, ModelNotFoundError
+from .priors.mvdream_ckpt import DEFAULT_IMAGEDREAM_MODEL, DEFAULT_MVDREAM_MODEL
 from .priors.weights import (DEFAULT_SD_MODEL, DEFAULT_STABLE_ZERO123_MODEL, DEFAULT_ZERO123_MODEL, SD_COMPONENTS,
                              ZERO123_COMPONENTS, hf_cache_dir)
 
 # Diffusion priors that need weights, with their default model ids.
 DEFAULT_MODELS = {"sd": DEFAULT_SD_MODEL, "zero123": DEFAULT_ZERO123_MODEL,
-                  "stable-zero123": DEFAULT_STABLE_ZERO123_MODEL}
+                  "stable-zero123": DEFAULT_STABLE_ZERO123_MODEL, "mvdream": DEFAULT_MVDREAM_MODEL,
+                  "imagedream": DEFAULT_IMAGEDREAM_MODEL}
 PRIOR_TITLES = {
     "oracle": "oracle: the built-in exact prior (offline, no weights)",
     "sd": "sd: Stable Diffusion (text)",
     "zero123": "zero123: Zero123-XL (image)",
     "stable-zero123": "stable-zero123: Stable-Zero123 (image)",
+    "mvdream": "mvdream: MVDream, 4-view (text)",
+    "imagedream": "imagedream: ImageDream, 4-view (image)",
 }
 
 
@@ -72,6 +76,13 @@ def prior_status(kind: str, model: str = "") -> PriorStatus:
     if kind not in DEFAULT_MODELS:
         raise ConfigError(f"unknown prior kind '{kind}' (valid: oracle, {', '.join(DEFAULT_MODELS)})")
     model = model or DEFAULT_MODELS[kind]
+    if kind in ("mvdream", "imagedream"):  # a checkpoint file or either folder layout
+        from .priors.mvdream_ckpt import locate
+
+        try:
+            return PriorStatus(kind, model, locate(model, kind).path)
+        except ModelNotFoundError as e:
+            return PriorStatus(kind, model, None, str(e))
     components = _components(kind)
     path = Path(model).expanduser()
     try:

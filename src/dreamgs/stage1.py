@@ -1,11 +1,14 @@
 """Stage 1: generative Gaussians by score distillation (DreamGaussian's first stage).
 
 Each step samples random orbit cameras, renders the Gaussians over a white or black background,
-and asks the prior for its SDS loss. In image mode the input view is also rendered at its known
-camera (azimuth 0, the given elevation) and compared with the input RGBA (colour and mask losses,
-warmed up linearly except with Stable-Zero123). Densification runs on the configured schedule.
-The settings where dreamgs had drifted from DreamGaussian's code are config keys whose defaults
-are the reference's values (docs/fidelity.md lists them with our old values).
+and asks the prior for its SDS loss. A multi-view prior (``views_per_sample`` > 1: MVDream,
+ImageDream) gets ``stage1.batch_size`` groups of 4 views at azimuths a, a+90, a+180, a+270 and one
+elevation (:func:`step_cameras`), one background per group. In image mode the input view
+is also rendered at its known camera (azimuth 0, the given elevation) and compared with the input
+RGBA (colour and mask losses, warmed up linearly except with Stable-Zero123). Densification runs
+on the configured schedule. The settings where dreamgs had drifted from DreamGaussian's code are
+config keys whose defaults are the reference's values (docs/fidelity.md lists them with our old
+values).
 """
 
 from __future__ import annotations
@@ -74,6 +77,31 @@ def sample_training_cameras(cfg: Config, n: int, size: int, device, generator: t
     return cams
 
 
+def view_group_cameras(cfg: Config, groups: int, views: int, size: int, device, generator: torch.Generator,
+                       relative: bool = False) -> Cameras:
+    """``groups`` groups of ``views`` cameras for the multi-view priors, group after group: each
+    group is one camera drawn as by :func:`sample_training_cameras` (azimuth a), turned to azimuths
+    a + k * 360 / views for k = 0 .. views - 1 (wrapped to [-180, 180)), all at its elevation and
+    radius."""
+    base = sample_training_cameras(cfg, groups, size, device, generator, relative=relative)
+    turn = torch.arange(views, dtype=torch.float64) * (360.0 / views)
+    az = (base.azimuth.double().cpu()[:, None] + turn[None] + 180.0) % 360.0 - 180.0
+    el = base.elevation.double().cpu()[:, None].expand(-1, views)
+    r = base.radius.double().cpu()[:, None].expand(-1, views)
+    return make_cameras(el.reshape(-1), az.reshape(-1), r.reshape(-1), cfg.camera.fovy, size, device=device)
+
+
+def step_cameras(cfg: Config, prior: Prior, n: int, size: int, device, generator: torch.Generator,
+                 relative: bool = False) -> Cameras:
+    """The cameras of one training step for ``prior``: ``n`` random cameras
+    (:func:`sample_training_cameras`), or for a multi-view prior ``n`` groups of its
+    ``views_per_sample`` views (:func:`view_group_cameras`)."""
+    views = getattr(prior, "views_per_sample", 1)
+    if views > 1:
+        return view_group_cameras(cfg, n, views, size, device, generator, relative=relative)
+    return sample_training_cameras(cfg, n, size, device, generator, relative=relative)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -123,8 +151,10 @@ class Stage1:
         progress = step / max(1, s1.iters)
         size = render_size(cfg, step)
         gen = self.trainer.generator
-        cams = sample_training_cameras(cfg, s1.batch_size, size, self.device, gen, relative=self.ref is not None)
-        white = torch.rand(s1.batch_size, generator=gen) < s1.white_background_prob
+        # Multi-view priors: batch_size groups of views, one SDS over them (fixed shapes for CUDA graphs).
+        cams = step_cameras(cfg, self.prior, s1.batch_size, size, self.device, gen, relative=self.ref is not None)
+        views = len(cams) // s1.batch_size
+        white = (torch.rand(s1.batch_size, generator=gen) < s1.white_background_prob).repeat_interleave(views)
         bg = white.float()[:, None].expand(-1, 3).to(self.device)
         out = render(self.model, cams, background=bg, backend=cfg.backend)
         images = out.images()

@@ -93,7 +93,7 @@ def refine_texture(mesh: Mesh, prior: Prior, cfg: Config, ref=None, generator: t
     ``stats["bad_steps"]``; more than ``stage2.max_bad_steps`` of them raise :class:`TrainingError`.
     """
     from .mesh.raster import render_mesh
-    from .stage1 import sample_training_cameras
+    from .stage1 import step_cameras
 
     s2 = cfg.stage2
     dev = mesh.device
@@ -106,8 +106,10 @@ def refine_texture(mesh: Mesh, prior: Prior, cfg: Config, ref=None, generator: t
     bar = Progress("stage 2: texture", s2.iters, "steps", enabled=progress)
     for step in range(s2.iters):
         textured = mesh.with_texture(torch.sigmoid(logits))
-        cams = sample_training_cameras(cfg, s2.batch_size, s2.render_size, dev, gen, relative=ref is not None)
-        white = torch.rand(len(cams), generator=gen) < cfg.stage1.white_background_prob
+        # multi-view priors refine whole view groups (see stage1.step_cameras)
+        cams = step_cameras(cfg, prior, s2.batch_size, s2.render_size, dev, gen, relative=ref is not None)
+        views = len(cams) // s2.batch_size
+        white = (torch.rand(s2.batch_size, generator=gen) < cfg.stage1.white_background_prob).repeat_interleave(views)
         bg = white.float()[:, None].expand(-1, 3).to(dev)
         out = render_mesh(textured, cams, background=bg)
         images = out.rgb.permute(0, 3, 1, 2)

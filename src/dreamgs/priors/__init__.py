@@ -6,6 +6,9 @@
 - ``zero123``: Zero123-XL, image-conditioned (default ``ashawkey/zero123-xl-diffusers``);
 - ``stable-zero123``: Stable-Zero123 (default ``ashawkey/stable-zero123-diffusers``, the public
   diffusers conversion that DreamGaussian uses);
+- ``mvdream``: MVDream, text-conditioned, 4 views with cross-view attention and a camera embedding
+  (default ``MVDream/MVDream``, its ``sd-v2.1-base-4view`` checkpoint as safetensors; ``priors/mvdream.py``);
+- ``imagedream``: ImageDream, image-conditioned MVDream (default ``ashawkey/imagedream-ipmv-diffusers``);
 - ``oracle``: an exact diffusion model of known 3D assets (``priors/oracle.py``), for offline runs
   whose quality can be measured against the asset itself.
 
@@ -25,7 +28,7 @@ if TYPE_CHECKING:
 
     from ..config import Config
 
-PRIOR_KINDS = ("sd", "zero123", "stable-zero123", "oracle")
+PRIOR_KINDS = ("sd", "zero123", "stable-zero123", "mvdream", "imagedream", "oracle")
 
 __all__ = ["PRIOR_KINDS", "Prior", "load_prior", "timestep_fraction", "view_bucket", "view_prompt"]
 _BASE = ("Prior", "timestep_fraction", "view_bucket", "view_prompt")
@@ -48,7 +51,7 @@ def load_prior(cfg: "Config", device, ref_image: "torch.Tensor | None" = None) -
     kind = p.kind
     common = dict(device=device, dtype=p.dtype, t_min=p.t_min, t_max=p.t_max, t_schedule=p.t_schedule,
                   resolution=p.resolution, seed=cfg.seed)
-    if p.guidance_scale is not None:  # None keeps the prior's own default (SD 100, Zero123 5)
+    if p.guidance_scale is not None:  # None keeps the prior's own default (SD 100, Zero123 5, MVDream 50, ImageDream 5)
         common["guidance_scale"] = p.guidance_scale
     speed = (dict(channels_last=p.channels_last, compile=p.compile, cuda_graphs=p.cuda_graphs,
                   vae_matmul_attention=p.vae_matmul_attention)
@@ -69,6 +72,11 @@ def load_prior(cfg: "Config", device, ref_image: "torch.Tensor | None" = None) -
         return Zero123Prior(p.model, ref_image=ref_image, ref_elevation=cfg.elevation,
                             ref_radius=cfg.camera.radius, stable=kind == "stable-zero123",
                             **common).optimize(**speed)
+    elif kind in ("mvdream", "imagedream"):
+        from .mvdream import build_multiview
+
+        return build_multiview(kind, p.model, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
+                               ref_image=ref_image, **common).optimize(**speed)
     elif kind == "oracle":
         from .oracle import build_oracle
 

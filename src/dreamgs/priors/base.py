@@ -30,6 +30,10 @@ class Prior(ABC):
 
     name: str = "prior"
     resolution: int = 64  # the square image size the prior works at
+    # Views per sample: 1 for single-view priors; the multi-view priors (MVDream, ImageDream) take
+    # groups of 4 consecutive cameras at azimuths a, a+90, a+180, a+270 and one elevation
+    # (stage1.view_group_cameras), so their batches are multiples of 4.
+    views_per_sample: int = 1
 
     @abstractmethod
     def sds(self, images: Tensor, cams: Cameras, progress: float) -> Tensor:

@@ -84,10 +84,7 @@ class LatentDiffusionPrior(Prior):
 
         self.unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         self.vae.set_attn_processor(AttnProcessor() if vae_matmul_attention else AttnProcessor2_0())
-        unet = self.unet
-
-        def unet_call(s, t, e):
-            return unet(s, t, encoder_hidden_states=e, return_dict=False)[0]
+        unet_call = self._unet_forward
 
         encode_call = self._encode_raw
         if compile:
@@ -124,10 +121,16 @@ class LatentDiffusionPrior(Prior):
     _unet_call = None  # set by optimize(compile=True or cuda_graphs=True)
     _encode_call = None
 
-    def _unet(self, sample: Tensor, t: Tensor, encoder_hidden_states: Tensor) -> Tensor:
-        """The single UNet evaluation every prediction goes through (raw model output)."""
+    def _unet(self, sample: Tensor, t: Tensor, encoder_hidden_states: Tensor, *extra: Tensor) -> Tensor:
+        """The single UNet evaluation every prediction goes through (raw model output); ``extra``
+        tensors (the multi-view priors' cameras) are passed on to :meth:`_unet_forward`."""
         if self._unet_call is not None and not torch.is_grad_enabled():
-            return self._unet_call(sample, t, encoder_hidden_states)
+            return self._unet_call(sample, t, encoder_hidden_states, *extra)
+        return self._unet_forward(sample, t, encoder_hidden_states, *extra)
+
+    def _unet_forward(self, sample: Tensor, t: Tensor, encoder_hidden_states: Tensor, *extra: Tensor) -> Tensor:
+        """The UNet call itself (a diffusers UNet2DConditionModel here; subclasses with other
+        inputs override it)."""
         return self.unet(sample, t, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
 
     def _combine(self, out: Tensor, x_in: Tensor, t: int) -> Tensor:
