@@ -237,8 +237,9 @@ def load_multiview(model: str, kind: str) -> dict:
 
             from .zero123 import _clip_image_processor_class
 
+            CLIPImageProcessor = _clip_image_processor_class()  # no weights: a JSON config
             parts["image_encoder"] = load(CLIPVisionModel.from_pretrained, "image_encoder", use_safetensors=True)
-            parts["feature_extractor"] = load(_clip_image_processor_class().from_pretrained, "feature_extractor")
+            parts["feature_extractor"] = load(CLIPImageProcessor.from_pretrained, "feature_extractor")
     unet = parts["unet"]
     if (kind == "imagedream") != bool(unet.spec.ip_tokens):
         what = "has no image tokens (an MVDream model)" if kind == "imagedream" else "is an ImageDream model"
