@@ -27,7 +27,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prior", metavar="KIND",
                    help="sd | zero123 | stable-zero123 | mvdream | imagedream | oracle | oracle:ASSET_OR_FILE "
-                        "(oracle = the built-in exact prior, works offline)")
+                        "| oracle-mv[:ASSET_OR_FILE] (oracle = the built-in exact prior, works offline; "
+                        "oracle-mv = its joint 4-view version)")
     p.add_argument("--model", metavar="ID_OR_DIR", help="diffusers model: hub id or local folder (mvdream: "
                                                         "also its .safetensors checkpoint file)")
     p.add_argument("--seed", type=int, help="random seed (default: drawn and recorded in seed.txt)")

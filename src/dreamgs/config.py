@@ -78,7 +78,7 @@ class DensifyConfig:
 
 @dataclass
 class PriorConfig:
-    kind: str = "sd"  # sd | zero123 | stable-zero123 | mvdream | imagedream | oracle
+    kind: str = "sd"  # sd | zero123 | stable-zero123 | mvdream | imagedream | oracle | oracle-mv
     model: str = ""  # hub id or local folder; empty picks the default for the kind
     asset: str = ""  # oracle: built-in asset name or a path to .obj/.glb/.ply ("" = from prompt)
     # None = the prior's default (SD 100, Zero123 5, MVDream 50, ImageDream 5, oracle 2)
@@ -418,7 +418,7 @@ PRIOR_RESOLUTION = {"sd": 512, "zero123": 256, "stable-zero123": 256, "mvdream":
 
 def prior_resolution(cfg: Config) -> int:
     """The square image size the configured prior works at."""
-    if cfg.prior.kind == "oracle":
+    if cfg.prior.kind in ("oracle", "oracle-mv"):
         return cfg.prior.oracle_resolution
     return cfg.prior.resolution or PRIOR_RESOLUTION.get(cfg.prior.kind, 512)
 

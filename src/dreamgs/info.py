@@ -33,8 +33,10 @@ from .priors.weights import (DEFAULT_SD_MODEL, DEFAULT_STABLE_ZERO123_MODEL, DEF
 DEFAULT_MODELS = {"sd": DEFAULT_SD_MODEL, "zero123": DEFAULT_ZERO123_MODEL,
                   "stable-zero123": DEFAULT_STABLE_ZERO123_MODEL, "mvdream": DEFAULT_MVDREAM_MODEL,
                   "imagedream": DEFAULT_IMAGEDREAM_MODEL}
+BUILT_IN = ("oracle", "oracle-mv")  # priors without weights
 PRIOR_TITLES = {
     "oracle": "oracle: the built-in exact prior (offline, no weights)",
+    "oracle-mv": "oracle-mv: the built-in exact joint 4-view prior (offline, no weights)",
     "sd": "sd: Stable Diffusion (text)",
     "zero123": "zero123: Zero123-XL (image)",
     "stable-zero123": "stable-zero123: Stable-Zero123 (image)",
@@ -63,7 +65,7 @@ class PriorStatus:
 
     @property
     def found(self) -> bool:
-        return self.kind == "oracle" or self.folder is not None
+        return self.kind in BUILT_IN or self.folder is not None
 
 
 def prior_status(kind: str, model: str = "") -> PriorStatus:
@@ -71,10 +73,10 @@ def prior_status(kind: str, model: str = "") -> PriorStatus:
     without any network access."""
     from .priors.weights import check_folder, is_hub_id, missing
 
-    if kind == "oracle":
-        return PriorStatus("oracle", "built-in")
+    if kind in BUILT_IN:
+        return PriorStatus(kind, "built-in")
     if kind not in DEFAULT_MODELS:
-        raise ConfigError(f"unknown prior kind '{kind}' (valid: oracle, {', '.join(DEFAULT_MODELS)})")
+        raise ConfigError(f"unknown prior kind '{kind}' (valid: {', '.join(BUILT_IN + tuple(DEFAULT_MODELS))})")
     model = model or DEFAULT_MODELS[kind]
     if kind in ("mvdream", "imagedream"):  # a checkpoint file or either folder layout
         from .priors.mvdream_ckpt import locate
@@ -241,7 +243,8 @@ def info_text(model: str | None = None, use_torch: bool | None = None) -> str:
     for key, value in device_report(use_torch).items():
         lines.append(f"{key + ':':16}{value}")
     lines += ["", "Priors (weights found locally?):"]
-    lines.append(f"  {'oracle':16}yes (built in)")
+    for kind in BUILT_IN:
+        lines.append(f"  {kind:16}yes (built in)")
     for kind in DEFAULT_MODELS:
         lines += _status_lines(prior_status(kind))
     if model:

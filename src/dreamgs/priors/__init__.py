@@ -10,7 +10,9 @@
   (default ``MVDream/MVDream``, its ``sd-v2.1-base-4view`` checkpoint as safetensors; ``priors/mvdream.py``);
 - ``imagedream``: ImageDream, image-conditioned MVDream (default ``ashawkey/imagedream-ipmv-diffusers``);
 - ``oracle``: an exact diffusion model of known 3D assets (``priors/oracle.py``), for offline runs
-  whose quality can be measured against the asset itself.
+  whose quality can be measured against the asset itself;
+- ``oracle-mv``: the joint 4-view oracle (``priors/oracle_mv.py``): the exact posterior mean over
+  groups of 4 views 90 degrees apart, the multi-view testbed of the Janus-prone setting.
 
 An empty ``cfg.prior.model`` picks the kind's default. The diffusion modules import
 diffusers/transformers only when a prior is built.
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
 
     from ..config import Config
 
-PRIOR_KINDS = ("sd", "zero123", "stable-zero123", "mvdream", "imagedream", "oracle")
+PRIOR_KINDS = ("sd", "zero123", "stable-zero123", "mvdream", "imagedream", "oracle", "oracle-mv")
 
 __all__ = ["PRIOR_KINDS", "Prior", "load_prior", "timestep_fraction", "view_bucket", "view_prompt"]
 _BASE = ("Prior", "timestep_fraction", "view_bucket", "view_prompt")
@@ -81,4 +83,8 @@ def load_prior(cfg: "Config", device, ref_image: "torch.Tensor | None" = None) -
         from .oracle import build_oracle
 
         return build_oracle(cfg, device, ref_image)
+    elif kind == "oracle-mv":
+        from .oracle_mv import build_oracle_mv
+
+        return build_oracle_mv(cfg, device, ref_image)
     raise ConfigError(f"prior.kind: unknown kind '{kind}' (valid: {', '.join(PRIOR_KINDS)})")

@@ -344,11 +344,13 @@ def _cached_references(asset: str, elevations: tuple, n_azimuth: int, radius: fl
     return render_references(name, fn, elevations, n_azimuth, radius, fovy, resolution)
 
 
-def build_oracle(cfg, device="cpu", ref_image: Tensor | None = None) -> OraclePrior:
+def build_oracle(cfg, device="cpu", ref_image: Tensor | None = None, cls: type | None = None) -> OraclePrior:
     """The oracle prior for a config: built-in assets, or one user file or generated asset
     (``gen:<seed>``) given by ``prior.asset``. With ``prior.oracle_unseen=family`` in image mode:
     the target (``prior.asset``, or identified from the input among the built-in and family
-    assets) plus the family (module docstring)."""
+    assets) plus the family (module docstring). ``cls`` is the prior's class: :class:`OraclePrior`
+    (the default) or :class:`~dreamgs.priors.oracle_mv.MultiViewOraclePrior`, built from the same
+    references."""
     from .. import assets
 
     p = cfg.prior
@@ -367,7 +369,7 @@ def build_oracle(cfg, device="cpu", ref_image: Tensor | None = None) -> OraclePr
     else:
         target = p.asset or (assets.asset_for_prompt(cfg.prompt) if cfg.mode == "text" else "")
         library = [_cached_references(name, **key) for name in assets.ASSET_NAMES]
-    return OraclePrior(
+    return (cls or OraclePrior)(
         library, target, guidance_scale=p.guidance_scale if p.guidance_scale is not None else DEFAULT_GUIDANCE,
         t_min=p.t_min, t_max=p.t_max, t_schedule=p.t_schedule, view_dependent=p.view_dependent_prompt,
         ref_image=ref_image, ref_elevation=cfg.elevation, camera_sigma=p.oracle_camera_sigma,
