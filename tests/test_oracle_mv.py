@@ -120,7 +120,8 @@ def test_small_t_denoises_a_true_group_to_itself_view_by_view(library, view_depe
 
 
 def test_hard_text_joint_prior_is_not_two_faced_where_the_single_view_one_is(library):
-    """prior.view_dependent_prompt=false: a true group that starts at the back (azimuths 180, 270,
+    """No view words and no camera (the single-view oracle's prior.view_dependent_prompt=false, the
+    joint one's prior.oracle_mv_camera=false): a true group that starts at the back (azimuths 180, 270,
     0, 90), noised at t = 700 (20 noise draws). The joint oracle's denoised views are each nearer
     their own true view than the opposite one (view k+2 is the back of view k), and its posterior
     puts (almost) all weight on joint samples that start at the back. The single-view hard
@@ -217,6 +218,9 @@ def test_load_prior_cli_info_and_bench_wiring(tmp_path):
     # the bench: the user's overrides come after its prior.kind=oracle, so prior.kind=oracle-mv wins
     cfg, ov = job_config(Job("dreamgaussian", "text", "hard", "gen:0", 0, ["prior.kind=oracle-mv"], tmp_path))
     assert cfg.prior.kind == "oracle-mv" and cfg.prior.asset == "gen:0" and not cfg.prior.view_dependent_prompt
+    # the hard setting drops view words, not the camera: the joint prior still knows where its views are
+    assert load_prior(tiny_cfg(path, "prior.view_dependent_prompt=false"), "cpu").view_dependent
+    assert not load_prior(tiny_cfg(path, "prior.oracle_mv_camera=false"), "cpu").view_dependent
     with pytest.raises(InputError, match="family"):
         load_prior(load_config("image", None, ["image=x.png", "prior.kind=oracle-mv", f"prior.asset={path}",
                                                "prior.oracle_unseen=family"]), "cpu", torch.ones(1, 3, 16, 16))

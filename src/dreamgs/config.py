@@ -105,6 +105,9 @@ class PriorConfig:
     # family: what objects like this look like from behind), so the unseen side must be inferred.
     oracle_unseen: str = "asset"  # asset | family
     oracle_seen_angle: float = 90.0  # oracle_unseen=family: degrees from the input camera that count as seen
+    # oracle-mv: the group's camera is known (a camera kernel), as MVDream's camera embedding tells it,
+    # with or without view words in the prompt; false: only the 4 views' relative layout is known
+    oracle_mv_camera: bool = True
 
 
 @dataclass

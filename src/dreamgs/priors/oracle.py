@@ -369,9 +369,12 @@ def build_oracle(cfg, device="cpu", ref_image: Tensor | None = None, cls: type |
     else:
         target = p.asset or (assets.asset_for_prompt(cfg.prompt) if cfg.mode == "text" else "")
         library = [_cached_references(name, **key) for name in assets.ASSET_NAMES]
-    return (cls or OraclePrior)(
+    cls = cls or OraclePrior
+    # the joint oracle's "view dependence" is its camera knowledge (prior.oracle_mv_camera), not view words
+    view_dependent = p.oracle_mv_camera if cls.views_per_sample > 1 else p.view_dependent_prompt
+    return cls(
         library, target, guidance_scale=p.guidance_scale if p.guidance_scale is not None else DEFAULT_GUIDANCE,
-        t_min=p.t_min, t_max=p.t_max, t_schedule=p.t_schedule, view_dependent=p.view_dependent_prompt,
+        t_min=p.t_min, t_max=p.t_max, t_schedule=p.t_schedule, view_dependent=view_dependent,
         ref_image=ref_image, ref_elevation=cfg.elevation, camera_sigma=p.oracle_camera_sigma,
         unseen=p.oracle_unseen, seen_angle=p.oracle_seen_angle,
         seed=int(cfg.seed or 0), device=device)

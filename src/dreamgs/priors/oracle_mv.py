@@ -23,13 +23,14 @@ a batch that is not a multiple of 4, or a group not in the fixed layout (one ele
 Conditioning (``pi_n``). The unconditional model is the mixture over every asset's joint samples.
 
 - text: the prompt (or ``prior.asset``) picks the asset; the conditional is the mixture over that
-  asset's joint samples. No view words: the joint sample itself carries the relative layout. With
-  ``prior.view_dependent_prompt`` true, the group's first camera weights the joint samples by a
-  Gaussian kernel (``prior.oracle_camera_sigma``, radians) over the angle between the joint
-  sample's first camera and the requested (elevation, base azimuth), as MVDream's camera embedding
-  tells it where the views are. With it false (the bench's Janus-prone ``hard`` text setting) the
-  conditional knows nothing of the absolute azimuth, like the single-view hard oracle, but still
-  knows that the 4 views are 90 degrees apart.
+  asset's joint samples. No view words: the joint sample itself carries the relative layout, and
+  the group's first camera weights the joint samples by a Gaussian kernel
+  (``prior.oracle_camera_sigma``, radians) over the angle between the joint sample's first camera
+  and the requested (elevation, base azimuth), as MVDream's camera embedding tells it where the
+  views are. That holds in the bench's Janus-prone ``hard`` text setting too: it removes view words
+  from prompts, and this prior never uses them (MVDream keeps its camera embedding without them).
+  With ``prior.oracle_mv_camera=false`` the conditional knows nothing of the absolute azimuth, only
+  that the 4 views are 90 degrees apart (the class's ``view_dependent=False``).
 - image (ImageDream-like): the input view picks the asset (as the single-view image oracle
   identifies it) and the same camera kernel around the group's first camera weights its joint
   samples. ``prior.oracle_unseen=family`` is not implemented for the joint prior (refused).
