@@ -4,7 +4,7 @@
 #     bash benchmarks/device.sh STEP [STEP ...]
 #
 # Steps: env, gsplat (JIT-compile gsplat's CUDA code), render, quality, models, prior, compile, mesh,
-# pipeline, resume, turntable; bench-ci, bench-hard, bench-full, preview-dev, fidelity (docs/quality.md,
+# pipeline, resume, turntable; bench-ci, bench-hard, bench-hard-mv, bench-full, preview-dev, fidelity (docs/quality.md,
 # docs/fidelity.md: their reports are packed into $OUT/reports.tar.gz). Each step's output goes to $OUT/<step>.log (default OUT=/tmp/out).
 # The machine has torch but not our other dependencies: they travel as wheels in .whl/ (not
 # committed; docs/benchmarks.md lists them) and are installed into /tmp/site once per machine.
@@ -67,6 +67,11 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
                 python3 -m dreamgs.cli bench --assets test --seeds ${SEEDS:-3} --mode $m --setting hard --device cuda \
                     --jobs ${JOBS:-8} --config benchmarks/ci_size.yaml --out /tmp/reports/bench-hard-$m
             done ;;
+        bench-hard-mv)  # the Janus-prone text setting with the joint 4-view oracle (issue 15's bar)
+            export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+            python3 -m dreamgs.cli bench --assets test --seeds ${SEEDS:-3} --mode text --setting hard --device cuda \
+                --jobs ${JOBS:-8} --config benchmarks/ci_size.yaml --out /tmp/reports/bench-hard-mv-text \
+                prior.kind=oracle-mv stage1.batch_size=1 ;;
         bench-full)  # the default command's sizes: preset full against preset preview, test split (MODES)
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
             for m in ${MODES:-text image}; do for p in full preview; do
