@@ -145,6 +145,14 @@ class LatentDiffusionPrior(Prior):
     def _timesteps(self, t: int, n: int) -> Tensor:
         return torch.full((n,), int(t), device=self.device, dtype=torch.long)
 
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> Tensor:
+        """Text-encoder last hidden states (N, L, D) for ``prompts``, padded to the max length (the
+        text-conditioned priors, which set ``tokenizer`` and ``text_encoder``)."""
+        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt")
+        return self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.dtype)
+
     def encode_images(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) in [0, 1] -> scaled latents, differentiable, in the model dtype."""
         images = images.to(self.device)

@@ -284,12 +284,6 @@ class MVDreamPrior(LatentDiffusionPrior):
     def describe(self) -> str:
         return f"{self.name} ({self.model}, {self.resolution} px, guidance {self.guidance_scale:g})"
 
-    @torch.no_grad()
-    def encode_text(self, prompts: list[str]) -> Tensor:
-        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt")
-        return self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.dtype)
-
     def _unet_forward(self, sample: Tensor, t: Tensor, encoder_hidden_states: Tensor, *extra: Tensor) -> Tensor:
         return self.unet(sample, t, encoder_hidden_states, *extra)
 

@@ -62,13 +62,6 @@ class StableDiffusionPrior(LatentDiffusionPrior):
     def describe(self) -> str:
         return f"sd ({self.model}, {self.resolution} px, guidance {self.guidance_scale:g})"
 
-    @torch.no_grad()
-    def encode_text(self, prompts: list[str]) -> Tensor:
-        """Text-encoder last hidden states (N, L, D) for ``prompts``, padded to the max length."""
-        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt")
-        return self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.dtype)
-
     def bucket_indices(self, cams: Cameras) -> Tensor:
         """Index into ``VIEW_BUCKETS`` for each camera (long, on the prior's device)."""
         el, az = cams.elevation.tolist(), cams.azimuth.tolist()
