@@ -48,6 +48,15 @@ class Prior(ABC):
     def describe(self) -> str:
         return self.name
 
+    def _groups(self, n: int) -> int:
+        """How many groups of ``views_per_sample`` views ``n`` images make; a batch that is not a
+        whole number of groups is refused."""
+        v = self.views_per_sample
+        if n % v:
+            raise ValueError(f"{self.name}: {n} images; the prior takes groups of {v} views (azimuths a, a+90, "
+                             f"a+180, a+270 at one elevation), so the batch must be a multiple of {v}")
+        return n // v
+
 
 def timestep_fraction(progress: float, t_min: float, t_max: float, schedule: str,
                       generator: torch.Generator | None = None) -> float:

@@ -287,12 +287,6 @@ class MVDreamPrior(LatentDiffusionPrior):
     def _unet_forward(self, sample: Tensor, t: Tensor, encoder_hidden_states: Tensor, *extra: Tensor) -> Tensor:
         return self.unet(sample, t, encoder_hidden_states, *extra)
 
-    def _groups(self, batch: int) -> int:
-        if batch % VIEWS:
-            raise ValueError(f"{self.name}: {batch} images; the prior takes groups of {VIEWS} views "
-                             f"(azimuths a, a+90, a+180, a+270)")
-        return batch // VIEWS
-
     def condition(self, cams: Cameras, batch: int) -> tuple[Tensor, Tensor]:
         """(context (2B, L, D), cameras (2B, 16)) for the ``[cond; uncond]`` batch."""
         self._groups(batch)

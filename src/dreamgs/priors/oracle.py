@@ -200,13 +200,18 @@ class OraclePrior(Prior):
 
     # -- the exact denoiser ------------------------------------------------------------------------
 
+    def distances(self, x_t: Tensor, t: int) -> Tensor:
+        """(B, M): |x_t - a_t x_i|^2 of each image of x_t (B, 3, R, R) to each scaled reference."""
+        abar = self.alphas_cumprod[t]
+        a = abar.sqrt()
+        y = x_t.reshape(len(x_t), -1).double() - a * self.mean  # x_t - a x_i = y - a (x_i - mean)
+        return (y**2).sum(-1, keepdim=True) - 2 * a * (y.float() @ self.Xc.T).double() + abar * self.sqnorm[None]
+
     def denoise(self, x_t: Tensor, t: int, *log_ws: Tensor) -> list[Tensor]:
         """Posterior means x0_hat (B, 3, R, R) of x_t at integer timestep t, one per set of log
         prior weights (B, M); the distances to the references are computed once for all."""
-        abar = self.alphas_cumprod[t]
-        a, s2 = abar.sqrt(), 1.0 - abar
-        y = x_t.reshape(len(x_t), -1).double() - a * self.mean  # x_t - a x_i = y - a (x_i - mean)
-        d2 = (y**2).sum(-1, keepdim=True) - 2 * a * (y.float() @ self.Xc.T).double() + abar * self.sqnorm[None]
+        s2 = 1.0 - self.alphas_cumprod[t]
+        d2 = self.distances(x_t, t)
         return [(self.mean + (torch.softmax(lw - d2 / (2 * s2), dim=-1).float() @ self.Xc).double()).reshape(x_t.shape)
                 for lw in log_ws]
 
@@ -344,13 +349,14 @@ def _cached_references(asset: str, elevations: tuple, n_azimuth: int, radius: fl
     return render_references(name, fn, elevations, n_azimuth, radius, fovy, resolution)
 
 
-def build_oracle(cfg, device="cpu", ref_image: Tensor | None = None, cls: type | None = None) -> OraclePrior:
+def build_oracle(cfg, device="cpu", ref_image: Tensor | None = None, cls: type | None = None,
+                 **overrides) -> OraclePrior:
     """The oracle prior for a config: built-in assets, or one user file or generated asset
     (``gen:<seed>``) given by ``prior.asset``. With ``prior.oracle_unseen=family`` in image mode:
     the target (``prior.asset``, or identified from the input among the built-in and family
     assets) plus the family (module docstring). ``cls`` is the prior's class: :class:`OraclePrior`
     (the default) or :class:`~dreamgs.priors.oracle_mv.MultiViewOraclePrior`, built from the same
-    references."""
+    references; ``overrides`` replace the keyword arguments taken from the config."""
     from .. import assets
 
     p = cfg.prior
@@ -369,12 +375,8 @@ def build_oracle(cfg, device="cpu", ref_image: Tensor | None = None, cls: type |
     else:
         target = p.asset or (assets.asset_for_prompt(cfg.prompt) if cfg.mode == "text" else "")
         library = [_cached_references(name, **key) for name in assets.ASSET_NAMES]
-    cls = cls or OraclePrior
-    # the joint oracle's "view dependence" is its camera knowledge (prior.oracle_mv_camera), not view words
-    view_dependent = p.oracle_mv_camera if cls.views_per_sample > 1 else p.view_dependent_prompt
-    return cls(
-        library, target, guidance_scale=p.guidance_scale if p.guidance_scale is not None else DEFAULT_GUIDANCE,
-        t_min=p.t_min, t_max=p.t_max, t_schedule=p.t_schedule, view_dependent=view_dependent,
-        ref_image=ref_image, ref_elevation=cfg.elevation, camera_sigma=p.oracle_camera_sigma,
-        unseen=p.oracle_unseen, seen_angle=p.oracle_seen_angle,
-        seed=int(cfg.seed or 0), device=device)
+    kw = dict(guidance_scale=p.guidance_scale if p.guidance_scale is not None else DEFAULT_GUIDANCE,
+              t_min=p.t_min, t_max=p.t_max, t_schedule=p.t_schedule, view_dependent=p.view_dependent_prompt,
+              ref_image=ref_image, ref_elevation=cfg.elevation, camera_sigma=p.oracle_camera_sigma,
+              unseen=p.oracle_unseen, seen_angle=p.oracle_seen_angle, seed=int(cfg.seed or 0), device=device)
+    return (cls or OraclePrior)(library, target, **{**kw, **overrides})

@@ -95,9 +95,7 @@ class MultiViewOraclePrior(OraclePrior):
     views_per_sample = VIEWS
 
     def __init__(self, library: list[AssetReferences], asset: str, **kw):
-        if kw.get("ref_image") is not None and kw.get("unseen", "asset") != "asset":
-            raise InputError("oracle-mv: prior.oracle_unseen=family is not implemented for the joint 4-view "
-                             "oracle; use prior.oracle_unseen=asset or prior.kind=oracle")
+        _refuse_family(kw.get("ref_image"), kw.get("unseen", "asset"))
         super().__init__(library, asset, **kw)
         self.joint = joint_sample_indices(library).to(self.device)  # (N, 4)
         self.num_joint = len(self.joint)
@@ -106,13 +104,6 @@ class MultiViewOraclePrior(OraclePrior):
         self.joint_el, self.joint_az = self.el[first], self.az[first]
 
     # -- groups ------------------------------------------------------------------------------------
-
-    def _groups(self, n: int) -> int:
-        if n % VIEWS:
-            raise ValueError(f"oracle-mv: {n} images; the joint oracle takes groups of {VIEWS} views "
-                             f"(azimuths a, a+90, a+180, a+270 at one elevation), so the batch must be a "
-                             f"multiple of {VIEWS}")
-        return n // VIEWS
 
     def _check_layout(self, cams: Cameras) -> None:
         groups = self._groups(len(cams))
@@ -147,12 +138,7 @@ class MultiViewOraclePrior(OraclePrior):
 
     def joint_distances(self, x_t: Tensor, t: int) -> Tensor:
         """(G, N): sum over the 4 views of |x_t^k - a_t x_{J[n,k]}|^2, for x_t (4G, 3, R, R)."""
-        G = self._groups(len(x_t))
-        abar = self.alphas_cumprod[t]
-        a = abar.sqrt()
-        y = x_t.reshape(len(x_t), -1).double() - a * self.mean
-        d2 = (y**2).sum(-1, keepdim=True) - 2 * a * (y.float() @ self.Xc.T).double() + abar * self.sqnorm[None]
-        d2 = d2.reshape(G, VIEWS, -1)
+        d2 = self.distances(x_t, t).reshape(self._groups(len(x_t)), VIEWS, -1)
         return sum(d2[:, k, self.joint[:, k]] for k in range(VIEWS))
 
     def posterior(self, x_t: Tensor, t: int, log_w: Tensor, distances: Tensor | None = None) -> Tensor:
@@ -176,17 +162,6 @@ class MultiViewOraclePrior(OraclePrior):
             out.append(x0.reshape(x_t.shape))
         return out
 
-    # -- the Prior interface -------------------------------------------------------------------------
-
-    def sds(self, images: Tensor, cams: Cameras, progress: float) -> Tensor:
-        self._groups(len(images))
-        return super().sds(images, cams, progress)
-
-    def refine(self, images: Tensor, cams: Cameras, strength: float, steps: int, *,
-               schedule: str = "linear") -> Tensor:
-        self._groups(len(images))
-        return super().refine(images, cams, strength, steps, schedule=schedule)
-
     def describe(self) -> str:
         mode = "image" if self.image_mode else "text"
         where = ("camera-weighted" if self.image_mode or self.view_dependent
@@ -200,7 +175,12 @@ def build_oracle_mv(cfg, device="cpu", ref_image: Tensor | None = None) -> Multi
     (:func:`~dreamgs.priors.oracle.build_oracle`)."""
     from .oracle import build_oracle
 
-    if ref_image is not None and cfg.prior.oracle_unseen != "asset":
+    _refuse_family(ref_image, cfg.prior.oracle_unseen)  # before the family's references are rendered
+    # its "view dependence" is its camera knowledge (prior.oracle_mv_camera), not view words in prompts
+    return build_oracle(cfg, device, ref_image, cls=MultiViewOraclePrior, view_dependent=cfg.prior.oracle_mv_camera)
+
+
+def _refuse_family(ref_image: Tensor | None, unseen: str) -> None:
+    if ref_image is not None and unseen != "asset":
         raise InputError("oracle-mv: prior.oracle_unseen=family is not implemented for the joint 4-view "
                          "oracle; use prior.oracle_unseen=asset or prior.kind=oracle")
-    return build_oracle(cfg, device, ref_image, cls=MultiViewOraclePrior)
