@@ -4,7 +4,7 @@
 #     bash benchmarks/device.sh STEP [STEP ...]
 #
 # Steps: env, gsplat (JIT-compile gsplat's CUDA code), render, quality, models, prior, compile, mesh,
-# pipeline, resume, turntable; bench-ci, bench-hard, bench-hard-mv, bench-full, preview-dev, fidelity (docs/quality.md,
+# pipeline, resume, turntable; bench-ci, bench-hard, bench-hard-mv, bench-full, preview-dev, preview-ablate, fidelity (docs/quality.md,
 # docs/fidelity.md: their reports are packed into $OUT/reports.tar.gz). Each step's output goes to $OUT/<step>.log (default OUT=/tmp/out).
 # The machine has torch but not our other dependencies: they travel as wheels in .whl/ (not
 # committed; docs/benchmarks.md lists them) and are installed into /tmp/site once per machine.
@@ -89,6 +89,18 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
                         --jobs ${JOBS:-8} --no-baselines --out /tmp/reports/preview-dev-$m-$1 preset=preview \
                         export.video=false "${@:2}"
                 done
+            done ;;
+        preview-ablate)  # dev split, text: preview with one of its size groups set back to full
+            export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+            for v in ${VARIANTS:-preview gaussians renders texture full}; do
+                case $v in
+                    preview|full) o="preset=$v" ;;
+                    gaussians) o="preset=preview densify.max_gaussians=1000000" ;;
+                    renders) o="preset=preview stage1.render_sizes=[128,256,512] stage1.ref_size=256 stage2.render_size=512" ;;
+                    texture) o="preset=preview texture.bake_views=26 texture.bake_resolution=512 texture.size=1024 mesh.target_faces=100000" ;;
+                esac
+                python3 -m dreamgs.cli bench --assets dev --seeds ${SEEDS:-2} --mode ${MODES:-text} --device cuda \
+                    --jobs ${JOBS:-8} --no-baselines --out /tmp/reports/ablate-$v export.video=false $o
             done ;;
         fidelity)
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
