@@ -140,6 +140,11 @@ def test_format_progress():
         "Stage 1 (Gaussians): step 3/20 · loss 0.01235 · 300 Gaussians"
 
 
+def test_the_joint_oracle_runs_from_the_page(settings):
+    events = list(JobRunner(settings).run("text", prompt="a ceramic mug", prior="oracle-mv", steps=2))
+    assert events[-1].error is None and events[-1].result is not None, events[-1]
+
+
 def test_empty_prompt_and_wrong_prior_are_reported(settings):
     (ev,) = JobRunner(settings).run("text", prompt="   ", prior="oracle")
     assert "the prompt is empty" in ev.error
@@ -161,6 +166,8 @@ def test_prior_choices_name_missing_weights_and_remedy(settings):
     assert "ashawkey/zero123-xl-diffusers" in prior_note("zero123", inotes)
     assert "ashawkey/stable-zero123-diffusers" in prior_note("stable-zero123", inotes)
     assert "offline" in prior_note("oracle", notes)
+    assert "oracle-mv" in dict((k, l) for l, k in choices) and "oracle-mv" not in notes
+    assert "4 views" in prior_note("oracle-mv", notes) and "oracle-mv" in [k for _, k in ichoices]
 
 
 def test_missing_weights_job_shows_the_message_and_leaves_no_run(settings):

@@ -42,8 +42,8 @@ DEFAULT_PORT = 7860
 DEFAULT_WORKDIR = "outputs/app"
 DEFAULT_MAX_UPLOAD_MB = 20.0
 MAX_QUEUE = 32  # jobs waiting at once; more are refused with a "queue full" message
-TEXT_PRIORS = ("oracle", "sd", "mvdream")
-IMAGE_PRIORS = ("oracle", "zero123", "stable-zero123", "imagedream")
+TEXT_PRIORS = ("oracle", "oracle-mv", "sd", "mvdream")
+IMAGE_PRIORS = ("oracle", "oracle-mv", "zero123", "stable-zero123", "imagedream")
 STATUS_INTERVAL_S = 0.25  # least time between two status updates (previews always go through)
 MAX_STEPS = 5000
 
@@ -414,6 +414,9 @@ def prior_note(kind: str, notes: dict[str, str]) -> str:
     if kind == "oracle":
         return ("The oracle prior knows three built-in objects (a mug, a house, a die): name one in the "
                 "prompt, or upload a render of one. It needs no weights and works offline.")
+    if kind == "oracle-mv":
+        return ("The joint 4-view oracle: the same built-in objects, denoised 4 views 90° apart at a time "
+                "(the multi-view testbed of MVDream and ImageDream). It needs no weights and works offline.")
     return notes.get(kind, "Weights found locally.")
 
 
