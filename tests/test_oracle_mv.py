@@ -17,7 +17,7 @@ from dreamgs.priors import PRIOR_KINDS, load_prior
 from dreamgs.priors.oracle import OraclePrior, alphas_cumprod, camera_angle, gaussians_rgba_fn, render_references
 from dreamgs.priors.oracle_mv import MultiViewOraclePrior, joint_sample_indices
 
-from test_oracle import blob
+from test_oracle import blob, brute_force_x0
 
 RES = 16
 
@@ -53,17 +53,6 @@ def explicit_joint_samples(library):
     return torch.stack(samples).numpy(), info
 
 
-def brute_force_joint_x0(x_t, t, samples, log_prior):
-    """sum_n softmax_n(log pi_n - |x_t - a x_n|^2 / (2 s^2)) x_n over joint samples, float64."""
-    abar = alphas_cumprod()[t].item()
-    a, s2 = math.sqrt(abar), 1.0 - abar
-    x = x_t.reshape(-1).double().numpy()
-    logits = np.array([lp - ((x - a * r) ** 2).sum() / (2 * s2) for lp, r in zip(log_prior, samples)])
-    w = np.exp(logits - logits.max())
-    w /= w.sum()
-    return (w[:, None] * samples).sum(0)
-
-
 def test_joint_denoiser_matches_brute_force_over_explicit_joint_samples(library):
     samples, info = explicit_joint_samples(library)
     assert len(samples) == 64 and len(joint_sample_indices(library)) == 64
@@ -89,7 +78,7 @@ def test_joint_denoiser_matches_brute_force_over_explicit_joint_samples(library)
                 torch.testing.assert_close(cond[gi], torch.tensor(lp_c, dtype=torch.float64))
                 group = x_t[4 * gi:4 * gi + 4]
                 for x0, lp in ((x0_c, lp_c), (x0_u, [0.0] * len(info))):
-                    want = brute_force_joint_x0(group, t, samples, lp)
+                    want = brute_force_x0(group, t, samples, lp)
                     np.testing.assert_allclose(x0[4 * gi:4 * gi + 4].reshape(-1).numpy(), want, atol=2e-4)
 
 
