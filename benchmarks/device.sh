@@ -90,18 +90,20 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
                         export.video=false "${@:2}"
                 done
             done ;;
-        preview-ablate)  # dev split, text: preview with one of its size groups set back to full
-            export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-            for v in ${VARIANTS:-preview gaussians renders texture full}; do
+        preview-ablate)  # dev split: preview with one of its size groups set back to full (MODES x VARIANTS,
+            # all at once, JOBS runs each)
+            export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+            for m in ${MODES:-text image}; do for v in ${VARIANTS:-preview gaussians renders texture full}; do
                 case $v in
                     preview|full) o="preset=$v" ;;
                     gaussians) o="preset=preview densify.max_gaussians=1000000" ;;
                     renders) o="preset=preview stage1.render_sizes=[128,256,512] stage1.ref_size=256 stage2.render_size=512" ;;
                     texture) o="preset=preview texture.bake_views=26 texture.bake_resolution=512 texture.size=1024 mesh.target_faces=100000" ;;
                 esac
-                python3 -m dreamgs.cli bench --assets dev --seeds ${SEEDS:-2} --mode ${MODES:-text} --device cuda \
-                    --jobs ${JOBS:-8} --no-baselines --out /tmp/reports/ablate-$v export.video=false $o
-            done ;;
+                python3 -m dreamgs.cli bench --assets dev --seeds ${SEEDS:-2} --mode $m --device cuda \
+                    --jobs ${JOBS:-6} --no-baselines --out /tmp/reports/ablate-$m-$v export.video=false $o &
+            done; done
+            wait ;;
         fidelity)
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
             python3 benchmarks/fidelity.py --items ${ITEMS:-1,2,3,4,5,6,7,8} --device cuda --jobs ${JOBS:-8} --out /tmp/reports/fidelity ;;
@@ -110,12 +112,19 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
     esac
 }
 
+pack_reports() {  # reports only: the run folders stay behind
+    [ -d /tmp/reports ] || return 0
+    (cd /tmp/reports && find . -name 'bench.*' -o -name 'fidelity.*' | tar czf "$OUT/.reports.tar.gz" -T - \
+        && mv "$OUT/.reports.tar.gz" "$OUT/reports.tar.gz")
+}
+
 for step in "$@"; do
     echo "=== $step ($(date -u +%H:%M:%S))"
     start=$(date +%s)
+    (while sleep 15; do pack_reports; done) &  # what has finished comes back even if the call times out
+    packer=$!
     run_step "$step" 2>&1 | tee "$OUT/$step.log" | grep -v -E "it/s\]|s/it\]|Loading weights|Writing model shards"
     echo "=== $step: exit ${PIPESTATUS[0]}, $(( $(date +%s) - start )) s"
-    if [ -d /tmp/reports ]; then  # reports only: the run folders stay behind
-        (cd /tmp/reports && find . -name 'bench.*' -o -name 'fidelity.*' | tar czf "$OUT/reports.tar.gz" -T -)
-    fi
+    kill $packer 2>/dev/null
+    pack_reports
 done
