@@ -4,7 +4,7 @@
 #     bash benchmarks/device.sh STEP [STEP ...]
 #
 # Steps: env, gsplat (JIT-compile gsplat's CUDA code), render, quality, models, prior, compile, mesh,
-# pipeline, resume, turntable; bench-ci, bench-hard, bench-hard-mv, bench-full, preview-dev, preview-ablate, fidelity (docs/quality.md,
+# pipeline, resume, turntable, mvdream; bench-ci, bench-hard, bench-hard-mv, bench-full, preview-dev, preview-ablate, fidelity (docs/quality.md,
 # docs/fidelity.md: their reports are packed into $OUT/reports.tar.gz). Each step's output goes to $OUT/<step>.log (default OUT=/tmp/out).
 # The machine has torch but not our other dependencies: they travel as wheels in .whl/ (not
 # committed; docs/benchmarks.md lists them) and are installed into /tmp/site once per machine.
@@ -41,6 +41,15 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
         prior)
             python3 benchmarks/prior_speed.py --model $MODELS/sd --kind sd --batch 1 4
             python3 benchmarks/prior_speed.py --model $MODELS/zero123 --kind zero123 --batch 1 4 ;;
+        mvdream)  # issue 15: the full-size 4-view MVDream SDS step beside SD's 512 px step, and a text run with it
+            [ -f $MODELS/sd/model_index.json ] || python3 benchmarks/full_size_models.py --out $MODELS/sd --which sd --device cuda
+            [ -f $MODELS/mvdream/model_index.json ] || \
+                python3 benchmarks/full_size_models.py --out $MODELS/mvdream --which mvdream --device cuda
+            V="eager cuda_graphs cuda_graphs+vae_matmul_attention channels_last+cuda_graphs+vae_matmul_attention"
+            python3 benchmarks/prior_speed.py --model $MODELS/sd --kind sd --batch 1 --variants $V
+            python3 benchmarks/prior_speed.py --model $MODELS/mvdream --kind mvdream --batch 4 8 --variants $V
+            python3 benchmarks/gpu_pipeline.py --models $MODELS --warmup --modes text --variants baseline fast \
+                --json "$OUT/pipeline-mvdream.json" --set prior.kind=mvdream prior.model=$MODELS/mvdream ;;
         compile)
             V="eager cuda_graphs cuda_graphs+vae_matmul_attention channels_last+cuda_graphs+vae_matmul_attention
                compile+cuda_graphs+vae_matmul_attention channels_last+compile+cuda_graphs+vae_matmul_attention"
@@ -72,12 +81,14 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
             python3 -m dreamgs.cli bench --assets test --seeds ${SEEDS:-3} --mode text --setting hard --device cuda \
                 --jobs ${JOBS:-8} --config benchmarks/ci_size.yaml --out /tmp/reports/bench-hard-mv-text \
                 prior.kind=oracle-mv stage1.batch_size=1 ;;
-        bench-full)  # the default command's sizes: preset full against preset preview, test split (MODES)
-            export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-            for m in ${MODES:-text image}; do for p in full preview; do
+        bench-full)  # the default command's sizes: preset full against preset preview, test split (MODES,
+            # PRESETS; all at once, JOBS runs each)
+            export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+            for m in ${MODES:-text image}; do for p in ${PRESETS:-full preview}; do
                 python3 -m dreamgs.cli bench --assets test --seeds ${SEEDS:-3} --mode $m --device cuda --jobs ${JOBS:-8} \
-                    --no-baselines --out /tmp/reports/bench-$p-$m preset=$p export.video=false
-            done; done ;;
+                    --no-baselines --out /tmp/reports/bench-$p-$m preset=$p export.video=false &
+            done; done
+            wait ;;
         preview-dev)  # dev split: the preview preset's scaled schedule, with and without a smaller
             # Gaussian cap, against its earlier 128 px everywhere (MODES)
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -96,6 +107,7 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
             for m in ${MODES:-text image}; do for v in ${VARIANTS:-preview gaussians renders texture full}; do
                 case $v in
                     preview|full) o="preset=$v" ;;
+                    cap*) o="preset=preview densify.max_gaussians=${v#cap}" ;;
                     gaussians) o="preset=preview densify.max_gaussians=1000000" ;;
                     renders) o="preset=preview stage1.render_sizes=[128,256,512] stage1.ref_size=256 stage2.render_size=512" ;;
                     texture) o="preset=preview texture.bake_views=26 texture.bake_resolution=512 texture.size=1024 mesh.target_faces=100000" ;;
@@ -103,6 +115,29 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
                 python3 -m dreamgs.cli bench --assets dev --seeds ${SEEDS:-2} --mode $m --device cuda \
                     --jobs ${JOBS:-6} --no-baselines --out /tmp/reports/ablate-$m-$v export.video=false $o &
             done; done
+            wait ;;
+        preview-cap)  # issue 14: the preview's Gaussian cap CAP on dev (seed 0), adopted if its masked PSNR is within
+            # 0.5 dB of preset=full's dev figures (FULL_DEV="text image", measured) in both modes, else the
+            # uncapped preview (measured on dev too); then the test split with the chosen cap
+            export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+            VARIANTS="cap$CAP" SEEDS=1 JOBS=6 run_step preview-ablate
+            cap=$(python3 - $FULL_DEV <<PY
+import json, statistics, sys
+full = dict(zip(("text", "image"), map(float, sys.argv[1:])))
+ok = True
+for m in full:
+    dev = statistics.mean(r["psnr_masked"] for r in json.load(open(f"/tmp/reports/ablate-{m}-cap$CAP/bench.json"))["results"])
+    print(f"dev {m}: cap $CAP {dev:.2f} dB, full {full[m]:.2f} dB", file=sys.stderr)
+    ok = ok and dev >= full[m] - 0.5
+print($CAP if ok else 1000000)
+PY
+)
+            echo "chosen cap: $cap"
+            for m in ${MODES:-text image}; do
+                python3 -m dreamgs.cli bench --assets test --seeds ${SEEDS:-2} --mode $m --device cuda --jobs 16 \
+                    --no-baselines --out /tmp/reports/bench-preview$cap-$m preset=preview densify.max_gaussians=$cap \
+                    export.video=false &
+            done
             wait ;;
         fidelity)
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}

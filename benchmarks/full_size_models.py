@@ -1,12 +1,14 @@
-"""Full-size Stable Diffusion 2.1-base and Zero123-XL with random weights, for GPU timing.
+"""Full-size Stable Diffusion 2.1-base, Zero123-XL and MVDream with random weights, for GPU timing.
 
 Speed does not depend on weight values or token identities, only on shapes, so these folders
 time exactly like the real models while needing no download. They are written in the diffusers
-layouts of ``stabilityai/stable-diffusion-2-1-base`` and ``ashawkey/zero123-xl-diffusers``
-(safetensors only) and load through the same code as the real weights::
+layouts of ``stabilityai/stable-diffusion-2-1-base``, ``ashawkey/zero123-xl-diffusers`` and
+``ashawkey/mvdream-sd2.1-diffusers`` (its UNet in ldm key names, as published; safetensors only) and
+load through the same code as the real weights::
 
     python benchmarks/full_size_models.py --out /tmp/sd21-random --which sd
     python benchmarks/full_size_models.py --out /tmp/zero123xl-random --which zero123
+    python benchmarks/full_size_models.py --out /tmp/mvdream-random --which mvdream
     dreamgs ... prior.model=/tmp/sd21-random
 
 ``--check-only`` builds the modules on the meta device and prints the parameter counts (no
@@ -14,6 +16,7 @@ memory, no files). Every build checks the counts against the published ones:
 
 =================================  ===========  =============================================
 SD 2.1 UNet (4 in-channels)        865,910,724
+MVDream UNet                       867,572,164  SD 2.1 UNet + camera MLP 16*1280+1280+1280*1280+1280
 Zero123-XL UNet (8 in-channels)    859,532,484  SD 1.x UNet 859,520,964 + 4*320*3*3 conv_in
 SD VAE (AutoencoderKL)              83,653,863
 OpenCLIP ViT-H text tower, 23 lay. 340,387,840  23 * 12,596,224 + 49408*1024 + 77*1024 + LN
@@ -21,7 +24,7 @@ CLIP ViT-L/14 vision + projection  303,966,208  24 * 12,596,224 + embeddings, LN
 =================================  ===========  =============================================
 
 Weights are random (PyTorch default init), saved in fp16 by default (``--dtype fp32`` keeps
-fp32): about 2.6 GB for SD and 2.4 GB for Zero123-XL. Building on a CPU takes about a minute;
+fp32): about 2.6 GB for SD and MVDream and 2.4 GB for Zero123-XL. Building on a CPU takes about a minute;
 ``--device cuda`` initialises on the GPU instead. The output folder appears atomically (built
 in a temporary sibling, then renamed).
 """
@@ -42,12 +45,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
-from tiny_models import write_clip_tokenizer  # noqa: E402
+from tiny_models import _to_source, write_clip_tokenizer  # noqa: E402
 
 from dreamgs.priors.zero123 import CameraProjection  # noqa: E402
 
 PUBLISHED = {
     "sd_unet": 865_910_724,
+    "mvdream_unet": 865_910_724 + 16 * 1280 + 1280 + 1280 * 1280 + 1280,
     "zero123_unet": 859_532_484,
     "vae": 83_653_863,
     "text_encoder": 340_387_840,
@@ -84,6 +88,24 @@ VIT_L14 = dict(
     hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=224,
     patch_size=14, num_channels=3, projection_dim=768, hidden_act="quick_gelu", layer_norm_eps=1e-5,
 )
+MVDREAM_CONFIG = {  # unet/config.json of the diffusers-style conversion (ldm names)
+    "_class_name": "MultiViewUNetModel", "image_size": 32, "in_channels": 4, "out_channels": 4,
+    "model_channels": 320, "attention_resolutions": [4, 2, 1], "num_res_blocks": 2, "channel_mult": [1, 2, 4, 4],
+    "num_head_channels": 64, "use_linear_in_transformer": True, "transformer_depth": 1, "context_dim": 1024,
+    "use_checkpoint": False, "legacy": False, "camera_dim": 16,
+}
+
+
+def _mvdream_spec():
+    from dreamgs.priors.mvdream_ckpt import UNetSpec
+
+    c = MVDREAM_CONFIG
+    return UNetSpec(in_channels=4, out_channels=4, model_channels=c["model_channels"],
+                    channel_mult=tuple(c["channel_mult"]), num_res_blocks=c["num_res_blocks"],
+                    attention_levels=(True, True, True, False), context_dim=c["context_dim"], camera_dim=16)
+
+
+MVDREAM_SPEC = _mvdream_spec()
 SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                  clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
 
@@ -128,6 +150,23 @@ def build_zero123_modules(device: str = "cpu") -> dict[str, torch.nn.Module]:
             "vae": AutoencoderKL(**SD_VAE),
             "image_encoder": CLIPVisionModelWithProjection(CLIPVisionConfig(**VIT_L14)),
         }
+
+
+def build_mvdream_modules(device: str = "cpu") -> dict[str, torch.nn.Module]:
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from dreamgs.priors.mvdream import MultiViewUNet
+
+    with torch.device(device):
+        return {
+            "mvdream_unet": MultiViewUNet(MVDREAM_SPEC),
+            "vae": AutoencoderKL(**SD_VAE),
+            "text_encoder": CLIPTextModel(CLIPTextConfig(**SD21_TEXT)),
+        }
+
+
+BUILDERS = {"sd": build_sd_modules, "zero123": build_zero123_modules, "mvdream": build_mvdream_modules}
 
 
 def _save(module, folder: Path, dtype: torch.dtype) -> None:
@@ -186,18 +225,46 @@ def write_zero123(out: Path, dtype: torch.dtype, device: str) -> list[str]:
     return lines
 
 
+def write_mvdream(out: Path, dtype: torch.dtype, device: str) -> list[str]:
+    """``ashawkey/mvdream-sd2.1-diffusers`` layout: tokenizer/, text_encoder/, vae/, scheduler/
+    (DDIM), unet/ (ldm key names and config.json), model_index.json."""
+    from diffusers import DDIMScheduler
+    from safetensors.torch import save_file
+
+    from dreamgs.priors import mvdream_ckpt as ck
+
+    modules = build_mvdream_modules(device)
+    lines = check_counts(modules)
+    write_clip_tokenizer(out / "tokenizer", vocab_size=SD21_TEXT["vocab_size"])
+    _save(modules["text_encoder"], out / "text_encoder", dtype)
+    _save(modules["vae"], out / "vae", dtype)
+    DDIMScheduler(**SCHEDULER).save_pretrained(out / "scheduler")
+    unet = modules["mvdream_unet"]
+    state = {k: v.to("cpu", dtype) for k, v in _to_source(unet.unet, ck.unet_key_map(unet.spec)).items()}
+    (out / "unet").mkdir()
+    save_file(state, str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    (out / "unet" / "config.json").write_text(json.dumps(MVDREAM_CONFIG, indent=2) + "\n", encoding="utf-8")
+    index = {"_class_name": "MVDreamPipeline", "tokenizer": ["transformers", "CLIPTokenizer"],
+             "text_encoder": ["transformers", "CLIPTextModel"], "vae": ["diffusers", "AutoencoderKL"],
+             "unet": ["mv_unet", "MultiViewUNetModel"], "scheduler": ["diffusers", "DDIMScheduler"]}
+    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return lines
+
+
+WRITERS = {"sd": write_sd, "zero123": write_zero123, "mvdream": write_mvdream}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, help="output folder (must not exist)")
-    ap.add_argument("--which", choices=["sd", "zero123"], required=True)
+    ap.add_argument("--which", choices=sorted(WRITERS), required=True)
     ap.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16", help="dtype of the saved weights")
     ap.add_argument("--device", default="cpu", help="where to initialise the modules (cpu or cuda)")
     ap.add_argument("--check-only", action="store_true", help="print parameter counts (meta device), write nothing")
     args = ap.parse_args(argv)
 
     if args.check_only:
-        build = build_sd_modules if args.which == "sd" else build_zero123_modules
-        print("\n".join(check_counts(build("meta"))))
+        print("\n".join(check_counts(BUILDERS[args.which]("meta"))))
         return 0
     if args.out is None:
         ap.error("--out is required unless --check-only")
@@ -211,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     os.chmod(tmp, 0o755)
     try:
-        lines = (write_sd if args.which == "sd" else write_zero123)(tmp, dtype, args.device)
+        lines = WRITERS[args.which](tmp, dtype, args.device)
         os.replace(tmp, out)
     finally:
         if tmp.exists():

@@ -50,11 +50,11 @@ VARIANTS = {
 }
 
 
-def ensure_models(root: Path) -> dict[str, Path]:
+def ensure_models(root: Path, modes: list[str]) -> dict[str, Path]:
     import full_size_models  # benchmarks/full_size_models.py
 
     out = {}
-    for which in ("sd", "zero123"):
+    for which in [{"text": "sd", "image": "zero123"}[m] for m in modes]:
         folder = root / which
         if not (folder / "model_index.json").is_file():
             full_size_models.main(["--out", str(folder), "--which", which, "--device", DEVICE])
@@ -225,7 +225,7 @@ def main() -> int:
             build_tiny_sd(models["sd"])
             build_tiny_zero123(models["zero123"])
     else:
-        models = ensure_models(args.models)
+        models = ensure_models(args.models, args.modes)
     if args.warmup:
         w = argparse.Namespace(**{**vars(args), "iters": 20, "stage2_iters": 2})
         for mode in args.modes:

@@ -5,6 +5,12 @@ random full-size folders from ``full_size_models.py``::
     python benchmarks/prior_speed.py --model /tmp/sd21 --kind sd
     python benchmarks/full_size_models.py --out /tmp/z123 --which zero123
     python benchmarks/prior_speed.py --model /tmp/z123 --kind zero123
+    python benchmarks/full_size_models.py --out /tmp/mvdream --which mvdream
+    python benchmarks/prior_speed.py --model /tmp/mvdream --kind mvdream --batch 4
+
+MVDream's batch counts views: it must be a multiple of 4 (groups at azimuths a, a+90, a+180,
+a+270 with one elevation, as stage 1 renders them), at its native 256 px; ``--batch 4`` is one
+4-view SDS step, to set beside SD's ``--batch 1`` at 512 px.
 
 The prior is loaded once and each variant of ``--variants`` (``eager`` = plain fp16 as the
 reference code runs it, or a '+'-joined set of ``prior.optimize`` options, e.g.
@@ -33,6 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from dreamgs.cameras import make_cameras  # noqa: E402
+from dreamgs.priors.mvdream import VIEWS, MVDreamPrior  # noqa: E402
 from dreamgs.priors.sd import StableDiffusionPrior  # noqa: E402
 from dreamgs.priors.zero123 import Zero123Prior  # noqa: E402
 
@@ -60,6 +67,9 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def load(args, device):
+    if args.kind == "mvdream":
+        return MVDreamPrior(args.model, prompt="a photo of a hamburger", device=device, dtype=args.dtype,
+                            resolution=args.resolution, seed=0)
     if args.kind == "sd":
         return StableDiffusionPrior(args.model, prompt="a photo of a hamburger", device=device, dtype=args.dtype,
                                     resolution=args.resolution, seed=0)
@@ -71,8 +81,11 @@ def load(args, device):
 
 def measure(prior, batch: int, size: int, device, iters: int, warmup: int) -> tuple[dict, dict]:
     g = torch.Generator().manual_seed(1)
-    cams = make_cameras(torch.linspace(-30, 20, batch), torch.linspace(-170, 150, batch), 2.5, 49.1, size,
-                        device=device)
+    views = getattr(prior, "views_per_sample", 1)
+    groups = batch // views
+    elevation = torch.linspace(-30, 20, groups).repeat_interleave(views)
+    azimuth = (torch.linspace(-170, 150, groups)[:, None] + torch.arange(views) * (360 / views)).reshape(-1)
+    cams = make_cameras(elevation, (azimuth + 180) % 360 - 180, 2.5, 49.1, size, device=device)
     images = torch.rand(batch, 3, size, size, generator=g).to(device).requires_grad_(True)
     with torch.no_grad():
         lat = prior.encode_images(images)
@@ -111,7 +124,7 @@ def measure(prior, batch: int, size: int, device, iters: int, warmup: int) -> tu
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="hub id or diffusers folder")
-    ap.add_argument("--kind", choices=["sd", "zero123", "stable-zero123"], default="sd")
+    ap.add_argument("--kind", choices=["sd", "zero123", "stable-zero123", "mvdream"], default="sd")
     ap.add_argument("--cpu", action="store_true", help="smoke test on the CPU")
     ap.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     ap.add_argument("--batch", type=int, nargs="+", default=[1])
@@ -126,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     device = torch.device("cpu" if args.cpu else "cuda")
+    if args.kind == "mvdream" and any(b % VIEWS for b in args.batch):
+        ap.error(f"--kind mvdream: --batch counts views and must be a multiple of {VIEWS}")
 
     start = time.perf_counter()
     prior = load(args, device)
