@@ -79,9 +79,12 @@ def checkpoint_path(run_dir: str | os.PathLike) -> Path:
 
 def prior_generators(prior: Any) -> dict[str, torch.Generator]:
     """The prior's ``torch.Generator`` attributes by name (sorted; aliases of one generator appear
-    under each name). These drive its SDS noise and random timesteps."""
+    under each name; a prior of several parts names them by part). These drive its SDS noise and
+    random timesteps."""
     if prior is None:
         return {}
+    if hasattr(prior, "generators"):
+        return dict(sorted(prior.generators().items()))
     return {k: v for k, v in sorted(vars(prior).items()) if isinstance(v, torch.Generator)}
 
 

@@ -108,6 +108,11 @@ class PriorConfig:
     # oracle-mv: the group's camera is known (a camera kernel), as MVDream's camera embedding tells it,
     # with or without view words in the prompt; false: only the 4 views' relative layout is known
     oracle_mv_camera: bool = True
+    # Image mode: text guidance added to the image prior (DreamGaussian's lambda_sd beside lambda_zero123):
+    # "" (none), sd or mvdream, under `prompt`, with weight text_weight (priors/combined.py)
+    text_guidance: str = ""
+    text_model: str = ""  # hub id or local folder of the text prior; empty picks the default for the kind
+    text_weight: float = 1.0
 
 
 @dataclass
@@ -493,6 +498,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError("prior.t_min and prior.t_max must satisfy 0 <= t_min <= t_max <= 1")
     if cfg.prior.dtype not in ("auto", "fp32", "fp16", "bf16"):
         raise ConfigError(f"prior.dtype: expected auto, fp32, fp16 or bf16, got '{cfg.prior.dtype}'")
+    if cfg.prior.text_guidance not in ("", "sd", "mvdream"):
+        raise ConfigError(f"prior.text_guidance: expected sd, mvdream or empty, got '{cfg.prior.text_guidance}'")
+    if cfg.prior.text_guidance and cfg.mode != "image":
+        raise ConfigError("prior.text_guidance adds text guidance to an image prior; in text mode choose the text "
+                          "prior with prior.kind")
+    if cfg.prior.text_guidance and not cfg.prompt.strip():
+        raise ConfigError(f"prior.text_guidance={cfg.prior.text_guidance} needs a prompt (prompt=...)")
+    if cfg.prior.text_weight < 0:
+        raise ConfigError(f"prior.text_weight must be >= 0, got {cfg.prior.text_weight}")
     if cfg.prior.oracle_unseen not in ("asset", "family"):
         raise ConfigError(f"prior.oracle_unseen: expected asset or family, got '{cfg.prior.oracle_unseen}'")
     if not 0.0 < cfg.prior.oracle_seen_angle < 180.0:

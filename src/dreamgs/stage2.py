@@ -114,7 +114,7 @@ def refine_texture(mesh: Mesh, prior: Prior, cfg: Config, ref=None, generator: t
         out = render_mesh(textured, cams, background=bg)
         images = out.rgb.permute(0, 3, 1, 2)
         target = prior.refine(images.detach(), cams, noise_level(cfg, step), refine_steps(cfg), schedule=s2.sdedit)
-        loss = F.mse_loss(images, target)
+        loss = getattr(prior, "refine_weight", 1.0) * F.mse_loss(images, target)
         if ref is not None:
             white3 = torch.ones(3, device=dev)
             r = render_mesh(textured, ref.cams.to(dev), background=white3)

@@ -14,12 +14,15 @@
 - ``oracle-mv``: the joint 4-view oracle (``priors/oracle_mv.py``): the exact posterior mean over
   groups of 4 views 90 degrees apart, the multi-view testbed of the Janus-prone setting.
 
-An empty ``cfg.prior.model`` picks the kind's default. The diffusion modules import
+In image mode ``cfg.prior.text_guidance`` (``sd`` or ``mvdream``) adds a text prior under
+``cfg.prompt`` with weight ``cfg.prior.text_weight`` (``priors/combined.py``, DreamGaussian's
+``lambda_sd`` beside ``lambda_zero123``). An empty ``cfg.prior.model`` picks the kind's default. The diffusion modules import
 diffusers/transformers only when a prior is built.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, InputError
@@ -47,10 +50,27 @@ def __getattr__(name: str):
 
 
 def load_prior(cfg: "Config", device, ref_image: "torch.Tensor | None" = None) -> Prior:
-    """The prior for ``cfg.prior.kind``; ``ref_image`` (1, 3, H, W) in [0, 1], white background,
-    is required by the image-conditioned kinds."""
-    p = cfg.prior
-    kind = p.kind
+    """The prior for ``cfg.prior.kind``, plus ``cfg.prior.text_guidance`` if set; ``ref_image``
+    (1, 3, H, W) in [0, 1], white background, is required by the image-conditioned kinds."""
+    prior = _load_one(cfg, cfg.prior.kind, cfg.prior.model, device, ref_image)
+    text = cfg.prior.text_guidance
+    if not text:
+        return prior
+    from .combined import WeightedPriors
+
+    if prior.name in ("sd", "mvdream"):
+        raise ConfigError(f"prior.text_guidance={text}: prior.kind={cfg.prior.kind} is already a text prior")
+    # its own seed, so that its noise does not repeat the image prior's
+    seed = None if cfg.seed is None else cfg.seed + 1
+    guide = _load_one(dataclasses.replace(cfg, seed=seed), text, cfg.prior.text_model, device, None)
+    return WeightedPriors([(cfg.prior.kind, 1.0, prior), (text, cfg.prior.text_weight, guide)])
+
+
+def _load_one(cfg: "Config", kind: str, model: str, device, ref_image) -> Prior:
+    p = dataclasses.replace(cfg.prior, kind=kind, model=model)
+    if kind != cfg.prior.kind:  # text guidance: its own default scale, and the plain prompt (DreamGaussian's:
+        p.guidance_scale = None  # in image mode azimuth 0 is the input view, not the object's front)
+        p.view_dependent_prompt = False
     common = dict(device=device, dtype=p.dtype, t_min=p.t_min, t_max=p.t_max, t_schedule=p.t_schedule,
                   resolution=p.resolution, seed=cfg.seed)
     if p.guidance_scale is not None:  # None keeps the prior's own default (SD 100, Zero123 5, MVDream 50, ImageDream 5)

@@ -34,6 +34,9 @@ class Prior(ABC):
     # groups of 4 consecutive cameras at azimuths a, a+90, a+180, a+270 and one elevation
     # (stage1.view_group_cameras), so their batches are multiples of 4.
     views_per_sample: int = 1
+    # Stage 2's loss is refine_weight * mse(x, refine(x)): 1, except for a weighted sum of priors
+    # (priors/combined.py), whose refine returns the weighted mean of its parts' refinements.
+    refine_weight: float = 1.0
 
     @abstractmethod
     def sds(self, images: Tensor, cams: Cameras, progress: float) -> Tensor:
