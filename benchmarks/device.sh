@@ -4,7 +4,7 @@
 #     bash benchmarks/device.sh STEP [STEP ...]
 #
 # Steps: env, gsplat (JIT-compile gsplat's CUDA code), render, quality, models, prior, compile, mesh,
-# pipeline, resume, turntable, mvdream; bench-ci, bench-hard, bench-hard-mv, bench-full, preview-dev, preview-ablate, fidelity (docs/quality.md,
+# pipeline, resume, turntable, mvdream, mvdream-pipeline; bench-ci, bench-hard, bench-hard-mv, bench-full, preview-dev, preview-ablate, fidelity (docs/quality.md,
 # docs/fidelity.md: their reports are packed into $OUT/reports.tar.gz). Each step's output goes to $OUT/<step>.log (default OUT=/tmp/out).
 # The machine has torch but not our other dependencies: they travel as wheels in .whl/ (not
 # committed; docs/benchmarks.md lists them) and are installed into /tmp/site once per machine.
@@ -41,13 +41,14 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
         prior)
             python3 benchmarks/prior_speed.py --model $MODELS/sd --kind sd --batch 1 4
             python3 benchmarks/prior_speed.py --model $MODELS/zero123 --kind zero123 --batch 1 4 ;;
-        mvdream)  # issue 15: the full-size 4-view MVDream SDS step beside SD's 512 px step, and a text run with it
+        mvdream)  # issue 15: the full-size 4-view MVDream SDS step beside SD's 512 px step
             [ -f $MODELS/sd/model_index.json ] || python3 benchmarks/full_size_models.py --out $MODELS/sd --which sd --device cuda
             [ -f $MODELS/mvdream/model_index.json ] || \
                 python3 benchmarks/full_size_models.py --out $MODELS/mvdream --which mvdream --device cuda
             V="eager cuda_graphs cuda_graphs+vae_matmul_attention channels_last+cuda_graphs+vae_matmul_attention"
             python3 benchmarks/prior_speed.py --model $MODELS/sd --kind sd --batch 1 --variants $V
-            python3 benchmarks/prior_speed.py --model $MODELS/mvdream --kind mvdream --batch 4 8 --variants $V
+            python3 benchmarks/prior_speed.py --model $MODELS/mvdream --kind mvdream --batch 4 8 --variants $V ;;
+        mvdream-pipeline)  # issue 15: a whole text run with the full-size MVDream (after `mvdream`)
             python3 benchmarks/gpu_pipeline.py --models $MODELS --warmup --modes text --variants baseline fast \
                 --json "$OUT/pipeline-mvdream.json" --set prior.kind=mvdream prior.model=$MODELS/mvdream ;;
         compile)
