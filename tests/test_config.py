@@ -83,7 +83,7 @@ def test_preview_preset_fits_sizes_to_the_prior_and_keeps_what_the_user_set():
     auto = load_config("image", None, ["prior.kind=oracle", "device=cpu"])
     assert auto.preset == "preview"  # resolved, so config.yaml records what ran
     assert auto.stage1.render_sizes == (128, 128, 128) and auto.stage1.ref_size == 128  # 2 x the oracle's 64 px
-    assert auto.densify.max_gaussians == 10_000 and auto.texture.bake_views == 12
+    assert auto.densify.max_gaussians == 30_000 and auto.texture.bake_views == 12
     assert auto.texture.size == 512 and auto.export.video_size == 256 and auto.stage2.render_size == 128
     user = load_config("image", None, ["prior.kind=oracle", "device=cpu", "texture.size=2048",
                                        "stage1.render_sizes=[64,256,512]"])

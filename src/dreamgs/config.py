@@ -461,7 +461,7 @@ def preview_values(cfg: Config) -> dict[str, Any]:
     }
 
 
-PREVIEW_MAX_GAUSSIANS = 10_000
+PREVIEW_MAX_GAUSSIANS = 30_000  # chosen on the dev split (docs/quality.md, "The preview's Gaussian cap")
 
 
 def apply_size_preset(cfg: Config, user_keys: typing.Collection[str] = ()) -> None:
