@@ -208,7 +208,7 @@ def test_uploads_stay_inside_the_work_folder(server):
     # A client naming a server file instead of uploading one is refused before the job runs.
     call = server["url"] + "gradio_api/call/run_image"
     r = httpx.post(call, json={"data": [{"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}},
-                                        0, "oracle", -1, 5]}, timeout=30)
+                                        0, "oracle", -1, 5, "none"]}, timeout=30)
     assert r.status_code == 200, r.text
     reply = httpx.get(f"{call}/{r.json()['event_id']}", timeout=60).text
     assert "event: error" in reply and "not uploaded by a user" in reply, reply

@@ -94,18 +94,21 @@ def stage_upload(src: str | os.PathLike, uploads: Path, max_bytes: int, name: st
     return dest
 
 
-def prepare_image(path: Path, size: int = 256) -> Path:
+def prepare_image(path: Path, size: int = 256, segmenter=None, segmenter_norm: str = "auto") -> Path:
     """The RGBA input for image→3D: ``path`` cut out, centred and scaled by
-    :func:`~dreamgs.images.preprocess` (alpha from the image, or rembg when installed; otherwise
-    its InputError explains the options), written as ``<stem>_rgba.png`` next to ``path``."""
+    :func:`~dreamgs.images.preprocess` (alpha from the image, else the ``segmenter`` model, else
+    rembg when installed; otherwise its InputError explains the options), written as
+    ``<stem>_rgba.png`` next to ``path``."""
     from .images import NoAlphaError, no_alpha_message, preprocess
     from .media import save_image
 
     try:
-        rgba = preprocess(path, size=size)
+        rgba = preprocess(path, size=size, segmenter=segmenter, segmenter_norm=segmenter_norm)
     except NoAlphaError:
         raise InputError(no_alpha_message(path.name, "cut the object out first with `dreamgs prep IMAGE --mask "
-                                                     "MASK.png` (white = object) and upload the _rgba.png it writes")) from None
+                                                     "MASK.png` (white = object) and upload the _rgba.png it writes",
+                                          "start the app with a local segmenter model (prep.segmenter=MODEL.onnx "
+                                          "or DREAMGS_SEGMENTER) and choose it under Cut-out")) from None
     out = path.with_name(f"{path.stem}_rgba.png")
     save_image(out, rgba)
     return out
@@ -290,23 +293,32 @@ class JobRunner:
                 raise InputError(f"elevation: expected degrees between -90 and 90, got {cfg.elevation:g}")
         return cfg
 
-    def prepare_upload(self, upload, name: str | None = None, size: int = 256) -> Path:
-        """Stage an uploaded image inside the work folder and preprocess it to ``size`` px RGBA."""
+    def prepare_upload(self, upload, name: str | None = None, size: int = 256, segmenter=None,
+                       segmenter_norm: str = "auto") -> Path:
+        """Stage an uploaded image inside the work folder and preprocess it to ``size`` px RGBA
+        (``segmenter``: see :func:`prepare_image`)."""
         if upload is None or upload == "":
-            raise InputError("no image uploaded: drop an image (PNG with transparency, or any image with "
-                             "rembg installed) into the image box")
+            raise InputError("no image uploaded: drop an image (PNG with transparency, or any image with a "
+                             "segmenter model or rembg installed) into the image box")
         staged = stage_upload(upload, self.settings.uploads, int(self.settings.max_upload_mb * 2**20), name)
-        return prepare_image(staged, size)
+        return prepare_image(staged, size, segmenter, segmenter_norm)
 
     def run(self, mode: str, *, prompt: str = "", negative: str = "", image=None, image_name: str | None = None,
-            elevation: float = 0.0, prior: str = "oracle", seed=-1, steps=None) -> Iterator[JobEvent]:
-        """Validate the inputs, wait for the device, run the job and yield its progress."""
+            elevation: float = 0.0, prior: str = "oracle", seed=-1, steps=None,
+            cutout: str = "segmenter") -> Iterator[JobEvent]:
+        """Validate the inputs, wait for the device, run the job and yield its progress. ``cutout``
+        (image mode, images without transparency): ``segmenter`` uses the configured segmenter model
+        (prep.segmenter or $DREAMGS_SEGMENTER) if any, ``none`` does not."""
         try:
             base = self.settings.base_config(mode)
             if steps is None:
                 steps = base.stage1.iters
             if mode == "image":  # preprocessed at the reference size, so the pipeline's own pass changes nothing
-                image = self.prepare_upload(image, image_name, base.stage1.ref_size)
+                if cutout not in ("segmenter", "none"):
+                    raise InputError(f"cut-out: expected segmenter or none, got {cutout!r}")
+                segmenter = (base.prep.segmenter or None) if cutout == "segmenter" else False
+                image = self.prepare_upload(image, image_name, base.stage1.ref_size, segmenter,
+                                            base.prep.segmenter_norm)
             elif mode == "text":
                 from .pipeline import check_prompt
 
@@ -410,6 +422,19 @@ def prior_choices(mode: str, settings: AppSettings) -> tuple[list[tuple[str, str
     return choices, default, notes
 
 
+def cutout_choices(settings: AppSettings) -> tuple[list[tuple[str, str]], str]:
+    """The image tab's cut-out choices (label, value) and the default: the configured segmenter
+    model (prep.segmenter or $DREAMGS_SEGMENTER), if any, and none."""
+    from .images import rembg_available
+    from .segment import configured_segmenter
+
+    model = configured_segmenter(settings.base_config("image").prep.segmenter or None)
+    none = ("None: the image's own transparency" + (" (or rembg)" if rembg_available() else ""), "none")
+    if model is None:
+        return [none], "none"
+    return [(f"Segmenter model: {model.name}", "segmenter"), none], "segmenter"
+
+
 def prior_note(kind: str, notes: dict[str, str]) -> str:
     if kind == "oracle":
         return ("The oracle prior knows three built-in objects (a mug, a house, a die): name one in the "
@@ -452,10 +477,10 @@ def build_app(settings: AppSettings, runner: JobRunner | None = None):
         for ev in runner.run("text", prompt=prompt, negative=negative, prior=prior, seed=seed, steps=steps):
             yield progress_outputs(ev)
 
-    def run_image(image, elevation, prior, seed, steps):
+    def run_image(image, elevation, prior, seed, steps, cutout_choice="none"):
         name = Path(image).name if image else None
         for ev in runner.run("image", image=image, image_name=name, elevation=elevation, prior=prior,
-                             seed=seed, steps=steps):
+                             seed=seed, steps=steps, cutout=cutout_choice):
             yield progress_outputs(ev)
 
     def show_results(ev: JobEvent | None) -> list:
@@ -494,9 +519,15 @@ def build_app(settings: AppSettings, runner: JobRunner | None = None):
                         t_go = gr.Button("Generate", variant="primary", elem_id="text-generate")
                     with gr.Tab("Image → 3D", id="image"):
                         i_choices, i_default, i_notes = prior_choices("image", settings)
-                        image = gr.Image(label="Input image (PNG with transparency, or any image with rembg)",
+                        image = gr.Image(label="Input image (PNG with transparency, or any image with a "
+                                               "segmenter model or rembg)",
                                          type="filepath", image_mode=None, format="png", sources=["upload"],
                                          elem_id="image-input")
+                        c_choices, c_default = cutout_choices(settings)
+                        cutout = gr.Dropdown(c_choices, value=c_default, label="Cut-out (images without transparency)",
+                                             info="a local IS-Net/U²-Net ONNX model: start the app with "
+                                                  "prep.segmenter=MODEL.onnx or DREAMGS_SEGMENTER (README: Cut out a "
+                                                  "photo offline)", elem_id="image-cutout")
                         elevation = gr.Slider(-80, 80, value=image_cfg.elevation, step=1,
                                               label="Elevation of the input view (degrees, negative = above)",
                                               elem_id="image-elevation")
@@ -529,7 +560,7 @@ def build_app(settings: AppSettings, runner: JobRunner | None = None):
         i_prior.change(lambda k: prior_note(k, i_notes), i_prior, i_note, queue=False)
         # One worker for both tabs: concurrency_id shares the single slot.
         for button, fn, inputs in ((t_go, run_text, [prompt, negative, t_prior, t_seed, t_steps]),
-                                   (i_go, run_image, [image, elevation, i_prior, i_seed, i_steps])):
+                                   (i_go, run_image, [image, elevation, i_prior, i_seed, i_steps, cutout])):
             button.click(cleared, None, [status, preview, *results, last_job], queue=False).then(
                 fn, inputs, [status, preview, last_job], concurrency_limit=1, concurrency_id="generate").then(
                 show_results, last_job, results, queue=False)

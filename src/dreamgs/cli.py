@@ -191,9 +191,10 @@ def _add_prep(sub) -> None:
     p = sub.add_parser(
         "prep", help="cut out, centre and scale the object of an input image (RGBA for image-to-3D)",
         description="Prepare an input image for image-to-3D: take the object's alpha (from --mask, the image's "
-                    "own transparency, or rembg if it and its model file are installed), centre the object's "
-                    "bounding box and scale its longer side to (1 - border ratio) * size, and write a square "
-                    "RGBA PNG.")
+                    "own transparency, a local salient-object ONNX model given by --segmenter, prep.segmenter= "
+                    "or $DREAMGS_SEGMENTER, or rembg if it and its model file are installed), keep the largest "
+                    "object, centre the object's bounding box and scale its longer side to "
+                    "(1 - border ratio) * size, and write a square RGBA PNG.")
     p.add_argument("image", metavar="IMAGE", help="input image (PNG, JPEG, WebP, ...)")
     p.add_argument("--mask", metavar="MASK", help="mask image of the same size: white = object (or a cut-out "
                                                    "whose alpha is the mask)")
@@ -201,14 +202,34 @@ def _add_prep(sub) -> None:
     p.add_argument("--border-ratio", type=float, default=0.2,
                    help="fraction of the size left as empty border around the object (default: 0.2)")
     p.add_argument("--out", metavar="OUT.png", help="output file (default: <stem>_rgba.png next to IMAGE)")
+    p.add_argument("--segmenter", metavar="MODEL.onnx",
+                   help="IS-Net/U²-Net-style ONNX salient-object model for images without transparency "
+                        "(needs onnxruntime: pip install 'dreamgs[segment]'; README: Cut out a photo offline)")
+    p.add_argument("--segmenter-norm", choices=("auto", "isnet", "imagenet"),
+                   help="the model's input normalisation: isnet (x/255-0.5), imagenet (mean/std); auto (default): "
+                        "isnet for inputs of 1024 px or more, imagenet below")
+    _add_config_args(p)
 
 
 def _cmd_prep(args) -> int:
+    from .config import Config, apply_dict, apply_override, load_yaml, preset, validate
     from .images import prep_output_path, preprocess
     from .media import save_image
 
+    # The image-mode config (without load_config's size preset, which imports torch); prep uses
+    # only its prep section.
+    full = Config(mode="image")
+    apply_dict(full, preset("image"), "preset image.yaml")
+    if args.config:
+        apply_dict(full, load_yaml(args.config), str(args.config))
+    for ov in args.overrides:
+        apply_override(full, ov)
+    validate(full)
+    cfg = full.prep
     out = prep_output_path(args.image, args.out)
-    rgba = preprocess(args.image, size=args.size, border_ratio=args.border_ratio, mask=args.mask)
+    rgba = preprocess(args.image, size=args.size, border_ratio=args.border_ratio, mask=args.mask,
+                      segmenter=args.segmenter or cfg.segmenter or None,
+                      segmenter_norm=args.segmenter_norm or cfg.segmenter_norm)
     save_image(out, rgba)
     print(out)
     return 0

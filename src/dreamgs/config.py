@@ -190,6 +190,14 @@ class ExportConfig:
     obj: bool = True
 
 
+@dataclass
+class PrepConfig:
+    """Cut-out of images without transparency (`dreamgs prep`, image mode, the web app)."""
+
+    segmenter: str = ""  # local IS-Net/U²-Net-style ONNX model file; "" = $DREAMGS_SEGMENTER if set
+    segmenter_norm: str = "auto"  # auto | isnet | imagenet: the model's input normalisation (dreamgs.segment)
+
+
 def _fit_densify() -> DensifyConfig:
     return DensifyConfig(start=100, stop=1000, interval=100, grad_threshold=0.002, split_scale=0.02,
                          min_opacity=0.005, prune_scale=0.3, stats_before_start=True)
@@ -232,6 +240,7 @@ class Config:
     texture: TextureConfig = field(default_factory=TextureConfig)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     export: ExportConfig = field(default_factory=ExportConfig)
+    prep: PrepConfig = field(default_factory=PrepConfig)
     fit: FitConfig = field(default_factory=FitConfig)
 
 
@@ -543,6 +552,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("mesh.block_size must be at least 1 and mesh.target_faces at least 0 (0 = no decimation)")
     if cfg.mesh.min_sigma < 0 or cfg.mesh.grid_margin < 0:
         raise ConfigError("mesh.min_sigma and mesh.grid_margin must not be negative")
+    if cfg.prep.segmenter_norm not in ("auto", "isnet", "imagenet"):
+        raise ConfigError(f"prep.segmenter_norm: expected auto, isnet or imagenet, got '{cfg.prep.segmenter_norm}'")
     if cfg.seed is not None and not 0 <= cfg.seed < 2**63:
         raise ConfigError("seed must be a non-negative integer below 2**63")
 

@@ -178,11 +178,15 @@ class NoAlphaError(InputError):
     """An image without transparency, no mask, and no local background remover."""
 
 
-def no_alpha_message(name: str, mask_hint: str = MASK_HINT_CLI) -> str:
+SEGMENTER_HINT_CLI = "pass a local IS-Net/U²-Net ONNX model with --segmenter MODEL.onnx"
+
+
+def no_alpha_message(name: str, mask_hint: str = MASK_HINT_CLI, segmenter_hint: str = SEGMENTER_HINT_CLI) -> str:
     return (f"{name}: the image has no transparency, so the object cannot be separated from its background; "
-            f"{mask_hint}, or give an RGBA image with a transparent background, or install rembg "
-            f"(pip install rembg onnxruntime) and place its model file at {rembg_model_path()} "
-            "(directory set by U2NET_HOME); dreamgs never downloads it")
+            f"{mask_hint}, or {segmenter_hint} (or set DREAMGS_SEGMENTER; pip install 'dreamgs[segment]'; "
+            "README: \"Cut out a photo offline\"), or give an RGBA image with a transparent background, "
+            f"or install rembg (pip install rembg onnxruntime) and place its model file at {rembg_model_path()} "
+            "(directory set by U2NET_HOME); dreamgs never downloads a model")
 
 
 def rembg_alpha(rgb: np.ndarray) -> np.ndarray:
@@ -251,14 +255,18 @@ def _resample_to_canvas(premult: np.ndarray, cx: float, cy: float, scale: float,
     return canvas
 
 
-def preprocess(image, size: int = 256, border_ratio: float = 0.2, mask=None) -> np.ndarray:
+def preprocess(image, size: int = 256, border_ratio: float = 0.2, mask=None, segmenter=None,
+               segmenter_norm: str = "auto") -> np.ndarray:
     """Cut out the object, centre it and scale it into a square RGBA image for image-to-3D.
 
     ``image``: a file path, or an (H, W, 3|4) array/tensor (uint8, or float in [0, 1]).
     ``mask``: optional file path or (H, W) array in [0, 1] (1 = object); it replaces any alpha.
 
     The object is where alpha >= 0.5. Alpha comes from ``mask``, else from the image's own
-    transparency, else from rembg if it and its model file are installed locally; otherwise an
+    transparency, else from the salient-object model ``segmenter`` (a local ONNX file, default
+    ``$DREAMGS_SEGMENTER``, False for none; see :mod:`dreamgs.segment`; ``segmenter_norm``: its
+    input normalisation),
+    else from rembg if it and its model file are installed locally; otherwise an
     :class:`InputError` explains the options. The object's bounding box is centred on the
     ``size`` x ``size`` canvas and scaled so its longer side is ``(1 - border_ratio) * size``
     pixels. Returns float32 (size, size, 4) with straight alpha; colour is 0 where alpha is 0.
@@ -294,6 +302,10 @@ def preprocess(image, size: int = 256, border_ratio: float = 0.2, mask=None) -> 
             raise InputError(f"{mname}: the mask is {alpha.shape[1]}x{alpha.shape[0]} but the image is {W}x{H}")
     elif rgba.shape[-1] == 4 and rgba[..., 3].min() < 1.0:
         alpha = rgba[..., 3]
+    elif (model := _segmenter_file(segmenter)) is not None:
+        from .segment import segment_alpha
+
+        alpha = segment_alpha(rgb, model, segmenter_norm)
     elif rembg_available():
         alpha = rembg_alpha(rgb)
     else:
@@ -317,19 +329,32 @@ def preprocess(image, size: int = 256, border_ratio: float = 0.2, mask=None) -> 
     return np.concatenate([np.where(alpha > 0, color, 0.0), alpha], axis=-1).astype(np.float32)
 
 
-def input_view(image, size: int = 256, recenter: bool = False, border_ratio: float = 0.2, mask=None) -> np.ndarray:
+def _segmenter_file(segmenter) -> Path | None:
+    """The segmenter model to use (``segmenter``, else ``$DREAMGS_SEGMENTER``; False: none)."""
+    from .segment import ENV_VAR, configured_segmenter
+
+    model = configured_segmenter(segmenter)
+    if model is not None and not model.is_file() and not (segmenter and str(segmenter).strip()):
+        raise InputError(f"{model}: segmenter model file not found (set by ${ENV_VAR})")
+    return model
+
+
+def input_view(image, size: int = 256, recenter: bool = False, border_ratio: float = 0.2, mask=None,
+               segmenter=None, segmenter_norm: str = "auto") -> np.ndarray:
     """The image-to-3D input view, RGBA (size, size, 4) float32.
 
     An image with transparency is used as framed (centred on a square canvas and resized), the
     way the reference implementation reads its ``*_rgba.png`` inputs, so a render of a known
     asset keeps its scale; ``recenter`` (or an image without alpha, or a mask) goes through
-    :func:`preprocess` instead: cut out, centred, scaled to ``border_ratio``.
+    :func:`preprocess` instead: cut out, centred, scaled to ``border_ratio``. ``segmenter`` and
+    ``segmenter_norm``: see :func:`preprocess`.
     """
+    seg = {"segmenter": segmenter, "segmenter_norm": segmenter_norm}
     if recenter or mask is not None:
-        return preprocess(image, size=size, border_ratio=border_ratio, mask=mask)
+        return preprocess(image, size=size, border_ratio=border_ratio, mask=mask, **seg)
     rgba = load_rgba(image) if isinstance(image, (str, os.PathLike)) else _as_float_image(image, "image")
     if rgba.shape[-1] != 4 or rgba[..., 3].min() >= 1.0:
-        return preprocess(image, size=size, border_ratio=border_ratio)
+        return preprocess(image, size=size, border_ratio=border_ratio, **seg)
     if object_bbox(rgba[..., 3], threshold=1e-6) is None:
         raise InputError(f"{image if isinstance(image, (str, os.PathLike)) else 'image'}: "
                          "the alpha channel or mask is empty (no object pixels)")

@@ -224,6 +224,7 @@ def weights_lookup() -> dict[str, str]:
     from huggingface_hub import constants
 
     from .images import rembg_available, rembg_model_path
+    from .segment import segmenter_status
 
     offline = "yes (HF_HUB_OFFLINE=1: the cache only)" if constants.HF_HUB_OFFLINE else \
         "no (missing hub models are downloaded on first use when online)"
@@ -233,6 +234,7 @@ def weights_lookup() -> dict[str, str]:
         "offline mode": offline,
         "local folders": "prior.model=/path/to/folder (or --model) in the diffusers layout",
         "rembg model": f"{rembg_model_path()} ({'found' if rembg_available() else 'not found'})",
+        "segmenter": segmenter_status(),
     }
 
 

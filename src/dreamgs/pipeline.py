@@ -351,7 +351,9 @@ def generate(prompt: str | None = None, *, image: str | Path | None = None,
     if cfg.mode == "image":
         from .images import input_view
 
-        rgba = torch.as_tensor(input_view(cfg.image, size=cfg.stage1.ref_size, recenter=cfg.image_recenter)).float()
+        rgba = torch.as_tensor(input_view(cfg.image, size=cfg.stage1.ref_size, recenter=cfg.image_recenter,
+                                          segmenter=cfg.prep.segmenter or None,
+                                          segmenter_norm=cfg.prep.segmenter_norm)).float()
     t0 = time.perf_counter()
     ref, ref_image = _reference(rgba, cfg, device)
     prior = load_prior(cfg, device, ref_image)
