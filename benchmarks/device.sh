@@ -48,7 +48,9 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
             V="eager cuda_graphs cuda_graphs+vae_matmul_attention channels_last+cuda_graphs+vae_matmul_attention"
             python3 benchmarks/prior_speed.py --model $MODELS/sd --kind sd --batch 1 --variants $V
             python3 benchmarks/prior_speed.py --model $MODELS/mvdream --kind mvdream --batch 4 8 --variants $V ;;
-        mvdream-pipeline)  # issue 15: a whole text run with the full-size MVDream (after `mvdream`)
+        mvdream-pipeline)  # issue 15: a whole text run with the full-size MVDream
+            [ -f $MODELS/mvdream/model_index.json ] || \
+                python3 benchmarks/full_size_models.py --out $MODELS/mvdream --which mvdream --device cuda
             python3 benchmarks/gpu_pipeline.py --models $MODELS --warmup --modes text --variants baseline fast \
                 --json "$OUT/pipeline-mvdream.json" --set prior.kind=mvdream prior.model=$MODELS/mvdream ;;
         compile)
