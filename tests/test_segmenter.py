@@ -168,6 +168,21 @@ def test_normalisation_rule_and_values(tmp_path, bright_model):
         Segmenter(bright_model, "zscore")
 
 
+def test_models_that_fit_run_through_rembgs_sessions_and_agree_with_onnxruntime(tmp_path):
+    need("rembg")
+    model = brightness_model(tmp_path / "u2net-like.onnx", size=320)  # U²-Net's size: rembg's u2net_custom
+    rgb = object_photo(size=200, squares=((40, 50, 150, 130),), speck=(170, 170, 180, 180))
+    via_rembg = Segmenter(model, "imagenet")
+    direct = Segmenter(model, "imagenet", use_rembg=False)
+    assert via_rembg.engine == "u2net_custom" and direct.engine == "onnxruntime"
+    a, b = via_rembg.alpha(rgb), direct.alpha(rgb)
+    # Same object, speck dropped (rembg's Lanczos resize rings, so the soft levels differ a little).
+    assert iou(a, b) >= 0.99 and a[170:180, 170:180].max() == 0.0
+    # Sizes and normalisations rembg's sessions do not cover stay with onnxruntime.
+    assert Segmenter(model, "isnet").engine == "onnxruntime"
+    assert Segmenter(brightness_model(tmp_path / "b64.onnx"), "isnet").engine == "onnxruntime"
+
+
 def test_largest_component_keeps_the_soft_edge_of_the_kept_object_only():
     a = np.zeros((20, 40), np.float32)
     a[5:15, 5:15] = 1.0
@@ -374,6 +389,14 @@ def test_real_model_cutout_matches_the_true_alpha(segmented, image, kind):
     score = iou(alpha, truth)
     print(f"{image.stem} over {kind}: IoU {score:.3f} in {seconds:.1f} s")
     assert score >= MIN_IOU[kind], f"{image.stem} over {kind}: IoU {score:.3f} < {MIN_IOU[kind]}"
+
+
+def test_real_model_runs_through_rembg_and_matches_the_onnxruntime_path(real_model):
+    need("rembg")
+    rgb, truth = composite(SHIPPED[0], "gradient")
+    seg = Segmenter(real_model)
+    assert seg.engine == "dis_custom"
+    assert iou(seg.alpha(rgb), Segmenter(real_model, use_rembg=False).alpha(rgb)) >= 0.98
 
 
 def test_real_model_prep_and_image_to_3d(real_model, tmp_path, capsys):

@@ -20,6 +20,13 @@ Normalisation of the RGB input ``x`` in [0, 255] (``norm``):
 
 The map is min-max normalised to [0, 1] (as these models need), resized to the image size and used
 as a soft alpha; only the largest connected object (alpha >= 0.5, with its soft edge) is kept.
+
+Where rembg is installed (it comes with ``dreamgs[segment]``) and the model fits one of its
+custom-model sessions, rembg runs it: ``dis_custom`` for a 1024 x 1024 model with ``isnet``
+normalisation, ``u2net_custom`` for a 320 x 320 model with ``imagenet`` normalisation. Those
+sessions do the same pre- and post-processing as above (rembg scales by the image's maximum
+instead of 255, resizes with Lanczos and returns an 8-bit map). Other models (other or dynamic
+sizes, or another normalisation) run through onnxruntime directly with the code below.
 """
 
 from __future__ import annotations
@@ -47,6 +54,16 @@ def onnxruntime_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
+def rembg_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("rembg") is not None
+
+
+# rembg's custom-model sessions and the models they fit: (input size, normalisation) -> session name.
+REMBG_SESSIONS = {((1024, 1024), "isnet"): "dis_custom", ((320, 320), "imagenet"): "u2net_custom"}
+
+
 def configured_segmenter(path: str | os.PathLike | bool | None = None) -> Path | None:
     """The model to use: ``path`` if given (non-empty), else ``$DREAMGS_SEGMENTER``, else None;
     ``path=False`` means none."""
@@ -65,7 +82,7 @@ def _dims(shape) -> str:
 class Segmenter:
     """A loaded model: its input name/size, output name and normalisation."""
 
-    def __init__(self, path: str | os.PathLike, norm: str = "auto"):
+    def __init__(self, path: str | os.PathLike, norm: str = "auto", use_rembg: bool = True):
         if norm not in NORMS:
             raise InputError(f"segmenter norm: expected auto, isnet or imagenet, got {norm!r}")
         self.path = path = Path(path)
@@ -109,6 +126,21 @@ class Segmenter:
             raise InputError(f"{path}: {_EXPECTED}; its output '{out.name}' is {_dims(oshape)}")
         self.input_name, self.output_name = inp.name, out.name
         self.norm = norm if norm != "auto" else ("isnet" if min(self.size) >= 1024 or not fixed else "imagenet")
+        self.rembg_session = None  # rembg's custom-model session, where the model fits one
+        # rembg's sessions read the first output as 1 x 1 x H x W.
+        fits = fixed and use_rembg and out.name == outputs[0].name and oshape is not None and len(oshape) == 4
+        name = REMBG_SESSIONS.get((self.size, self.norm)) if fits else None
+        if name and rembg_available():
+            rkey = (name,) + key
+            self.rembg_session = _sessions.get(rkey)
+            if self.rembg_session is None:
+                self.rembg_session = _rembg_session(name, path)
+                _sessions[rkey] = self.rembg_session
+
+    @property
+    def engine(self) -> str:
+        """What runs the model: rembg's session name, or ``onnxruntime``."""
+        return self.rembg_session.name() if self.rembg_session is not None else "onnxruntime"
 
     def _output_ok(self, shape, allow_symbolic: bool = False) -> bool:
         if shape is None:
@@ -153,8 +185,40 @@ class Segmenter:
     def alpha(self, rgb: np.ndarray) -> np.ndarray:
         """Soft alpha (H, W) in [0, 1] for ``rgb`` (H, W, 3), largest object only."""
         H, W = rgb.shape[:2]
-        sal = Image.fromarray(self.saliency(rgb), "F").resize((W, H), Image.BILINEAR)
-        return largest_component(np.clip(np.asarray(sal, np.float32), 0.0, 1.0))
+        if self.rembg_session is not None:
+            img = Image.fromarray(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8), "RGB")
+            try:
+                mask = self.rembg_session.predict(img)[0]
+            except Exception as e:
+                msg = " ".join(str(e).split())[:200]
+                raise InputError(f"{self.path}: running the segmenter (rembg {self.engine}) failed "
+                                 f"({type(e).__name__}: {msg}); {_EXPECTED}") from None
+            sal = np.asarray(mask.convert("L"), np.float32) / 255.0
+        else:
+            sal = np.asarray(Image.fromarray(self.saliency(rgb), "F").resize((W, H), Image.BILINEAR), np.float32)
+        return largest_component(np.clip(sal, 0.0, 1.0))
+
+
+def _rembg_session(name: str, path: Path):
+    """rembg's custom-model session ``name`` for the model file ``path``, wherever it is.
+
+    rembg (2.0.7x and later) accepts custom models only inside its own model folder, a guard for
+    its web server, where the path comes from a request. Here the user names the file themselves,
+    so the session class's model lookup (``download_models``, the hook every rembg session
+    defines) is given the file as it is."""
+    import onnxruntime as ort
+    from rembg.sessions import sessions
+
+    base = sessions[name]
+
+    class LocalFile(base):
+        @classmethod
+        def download_models(cls, *args, **kwargs):
+            return kwargs["model_path"]
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return LocalFile(name, opts, model_path=str(path), providers=["CPUExecutionProvider"])
 
 
 def largest_component(alpha: np.ndarray, threshold: float = 0.5, edge: float = 1.0 / 255.0) -> np.ndarray:
@@ -187,8 +251,8 @@ def segment_alpha(rgb: np.ndarray, model: str | os.PathLike, norm: str = "auto")
 
 def segmenter_status(path: str | os.PathLike | None = None) -> str:
     """One line for ``dreamgs info``: the configured model (``$DREAMGS_SEGMENTER``) and onnxruntime."""
-    ort = "onnxruntime installed" if onnxruntime_available() else \
-        "onnxruntime not installed: pip install 'dreamgs[segment]'"
+    ort = ("onnxruntime and rembg installed" if rembg_available() else "onnxruntime installed") \
+        if onnxruntime_available() else "onnxruntime not installed: pip install 'dreamgs[segment]'"
     model = configured_segmenter(path)
     if model is None:
         from .images import rembg_model_path
