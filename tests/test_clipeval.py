@@ -414,3 +414,81 @@ def test_dreamgs_eval_command_with_random_weights(tmp_path, runs, capsys):
         assert 0 <= saved["clip_score"] <= 100 and 0 <= saved["r_precision@1"] <= 1
         assert saved["clip_eval"]["size"] == 32  # the model's input size
         assert len(saved["clip_eval"]["per_view"]) == 4
+
+
+def write_folder(folder, spec: str):
+    """The open_clip hub layout: open_clip_config.json + open_clip_model.safetensors."""
+    import shutil
+
+    cfg, weights = spec.split(":")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": TINY_CFG, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))
+    shutil.copy(weights, folder / "open_clip_model.safetensors")
+    return folder
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+def test_model_folder_and_hub_cache_forms_load_offline(tmp_path, no_network, monkeypatch):
+    from huggingface_hub import constants
+
+    from dreamgs.clipeval import load_clip
+
+    spec, reference = tiny_clip(tmp_path, 2)
+    folder = write_folder(tmp_path / "tiny-folder", spec)
+    enc = load_clip(str(folder))
+    assert enc.preprocess.transforms[-1].mean == [0.5, 0.5, 0.5]  # the folder's preprocess_cfg is used
+    images = np.random.default_rng(1).integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8)
+    by_file = load_clip(spec)
+    assert torch.allclose(enc.encode_texts(["a box"]), by_file.encode_texts(["a box"]), atol=1e-6)
+    assert enc.encode_images(images).shape == (2, 16)
+    # the same folder as a snapshot in a local Hugging Face cache, named by its hub id
+    hub = tmp_path / "hub"
+    snap = hub / "models--someone--tiny-clip" / "snapshots" / "abc123"
+    write_folder(snap, spec)
+    (hub / "models--someone--tiny-clip" / "refs").mkdir()
+    (hub / "models--someone--tiny-clip" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    assert parse_clip_spec("someone/tiny-clip").folder == snap
+    assert torch.allclose(load_clip("someone/tiny-clip").encode_texts(["a box"]), by_file.encode_texts(["a box"]),
+                          atol=1e-6)
+    with pytest.raises(InputError, match="not in the local Hugging Face cache"):
+        parse_clip_spec("someone/other-clip")
+
+
+def test_info_says_whether_open_clip_is_installed(monkeypatch):
+    import importlib.metadata
+
+    from dreamgs.info import clip_status, info_text
+
+    monkeypatch.setenv("DREAMGS_CLIP", "ViT-B-32:/w/open_clip_model.safetensors")
+    real = importlib.metadata.version
+
+    def version(name):
+        if name == "open_clip_torch":
+            return "3.3.0"
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert clip_status() == ("open_clip 3.3.0 installed; weights: --clip or $DREAMGS_CLIP "
+                             "(ViT-B-32:/w/open_clip_model.safetensors), local files only")
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    assert "open_clip not installed" in clip_status() and "pip install 'dreamgs[eval]'" in clip_status()
+    monkeypatch.setattr(importlib.metadata, "version", real)
+    assert "CLIP (eval):" in info_text(use_torch=False)

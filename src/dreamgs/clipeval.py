@@ -111,12 +111,13 @@ def _folder_weights(folder: Path) -> Path:
 
 
 def _hub_cache_folder(repo_id: str) -> Path | None:
-    """The local Hugging Face cache's snapshot of ``repo_id`` (never the network), or None."""
-    try:
-        from huggingface_hub import snapshot_download
+    """The local Hugging Face cache's snapshot of ``repo_id`` (the one ``refs/main`` names), or None;
+    read from the cache's layout, never online."""
+    from .priors.weights import cached_snapshot
 
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:  # not cached (LocalEntryNotFoundError), malformed id, no huggingface_hub
+    try:
+        return cached_snapshot(repo_id, {}, "CLIP")
+    except Exception:  # not cached
         return None
 
 
@@ -142,7 +143,8 @@ def parse_clip_spec(text: str | None) -> ClipSpec:
     if not sep:
         if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and (cached := _hub_cache_folder(text)) is not None:
             return _folder_spec(cached, text)
-        raise InputError(f"--clip {text}: no such folder or file, and not ARCH:FILE.safetensors; {HOW_TO_SUPPLY}")
+        raise InputError(f"--clip {text}: no such folder or file, not in the local Hugging Face cache, and not "
+                         f"ARCH:FILE.safetensors; {HOW_TO_SUPPLY}")
     arch, rest = arch.strip(), Path(rest.strip()).expanduser()
     if not arch or not str(rest):
         raise InputError(f"--clip {text}: expected ARCH:FILE.safetensors")
