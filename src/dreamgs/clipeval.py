@@ -489,7 +489,10 @@ def _merge_metrics(path: Path, update: dict) -> None:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             data = {}
     data.update(update)
-    write_json(path, data)
+    try:
+        write_json(path, data)
+    except OSError as e:
+        raise InputError(f"{path}: cannot write the metrics ({e.strerror or e})") from None
 
 
 def evaluate_runs(run_dirs: Sequence[str | os.PathLike], encoder: Encoder, *, prompts: Sequence[str] | None = None,
