@@ -396,6 +396,69 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+# --- eval -----------------------------------------------------------------------------------------
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="CLIP score and CLIP R-precision of finished runs (needs your own CLIP weights)",
+        description="Render each run's model.glb at fixed views and score the renders with CLIP (open_clip): "
+                    "clip_score = mean 100*max(cos, 0) between each render and the run's prompt, and r_precision@1 "
+                    "= how often the run's own prompt is CLIP's top-1 among all the runs' prompts (DreamFusion's "
+                    "metric). Writes clip_score and r_precision@1 into RUN_DIR/metrics.json and prints a summary. "
+                    "CLIP weights are never downloaded: give a local .safetensors file or model folder.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run folders (each with model.glb)")
+    p.add_argument("--clip", metavar="MODEL",
+                   help="ARCH:FILE.safetensors (ARCH an open_clip name such as ViT-B-32, or a JSON model config), "
+                        "a local open_clip model folder (open_clip_config.json + *.safetensors), or OWNER/NAME in "
+                        "the local Hugging Face cache (default: $DREAMGS_CLIP)")
+    p.add_argument("--prompts", metavar="FILE", help="one prompt per line, one per RUN_DIR in the same order "
+                                                      "(default: each run's prompt from its config.yaml)")
+    p.add_argument("--distractors", metavar="FILE", help="more candidate prompts for R-precision, one per line")
+    p.add_argument("--views", type=int, default=8, help="views per run, evenly spaced in azimuth (default 8)")
+    p.add_argument("--size", type=int, help="render size in pixels (default: the CLIP model's input size)")
+    p.add_argument("--elevation", type=float, help="elevation of the views in degrees, negative = above "
+                                                   "(default: -15 for text runs, the input view's for image runs)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--batch-size", type=int, default=32, help="images/prompts per CLIP batch (default 32)")
+    p.add_argument("--summary", metavar="FILE.json", help="also write the overall numbers and every run's to "
+                                                          "this JSON file")
+
+
+def _cmd_eval(args) -> int:
+    from .clipeval import evaluate_runs, format_summary, load_clip, load_runs, parse_clip_spec, read_prompts
+    from .errors import InputError
+
+    if args.views < 1 or args.batch_size < 1 or (args.size is not None and args.size < 16):
+        raise InputError("eval: --views and --batch-size must be >= 1 and --size >= 16")
+    prompts = read_prompts(args.prompts) if args.prompts else None
+    distractors = read_prompts(args.distractors) if args.distractors else []
+    load_runs(args.run_dirs, prompts)  # bad folders and prompts fail before CLIP is loaded
+    spec = parse_clip_spec(args.clip)
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    encoder = load_clip(spec, device=device, batch_size=args.batch_size)
+    size = args.size or _clip_input_size(encoder)
+    result = evaluate_runs(args.run_dirs, encoder, prompts=prompts, distractors=distractors, views=args.views,
+                           size=size, elevation=args.elevation, model_name=spec.describe())
+    print(format_summary(result))
+    if args.summary:
+        from .run import write_json
+
+        write_json(args.summary, {"summary": result.summary, "runs": result.runs})
+    return 0
+
+
+def _clip_input_size(encoder) -> int:
+    import open_clip
+
+    size = open_clip.get_model_preprocess_cfg(encoder.model).get("size", 224)
+    return int(max(size) if isinstance(size, (tuple, list)) else size)
+
+
 # --- main -----------------------------------------------------------------------------------------
 
 COMMANDS = {
@@ -409,6 +472,7 @@ COMMANDS = {
     "app": (_add_app, _cmd_app),
     "batch": (_add_batch, _cmd_batch),
     "bench": (_add_bench, _cmd_bench),
+    "eval": (_add_eval, _cmd_eval),
 }
 
 

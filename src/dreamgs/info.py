@@ -219,8 +219,20 @@ def _static_device_report() -> dict[str, str]:
             "torch": f"{version} (CUDA build: {cuda or 'no'}{rocm})"}
 
 
+def clip_status() -> str:
+    """Whether ``dreamgs eval`` can run: open_clip installed (read from its metadata, not imported)
+    and where its weights come from."""
+    try:
+        version = importlib.metadata.version("open_clip_torch")
+    except importlib.metadata.PackageNotFoundError:
+        return "open_clip not installed (dreamgs eval needs it: pip install 'dreamgs[eval]')"
+    env = os.environ.get("DREAMGS_CLIP", "").strip()
+    return (f"open_clip {version} installed; weights: --clip or $DREAMGS_CLIP ({env or 'not set'}), "
+            "local files only")
+
+
 def weights_lookup() -> dict[str, str]:
-    """Where prior weights and the rembg model are looked up."""
+    """Where prior weights, the rembg model and CLIP (``dreamgs eval``) are looked up."""
     from huggingface_hub import constants
 
     from .images import rembg_available, rembg_model_path
@@ -235,6 +247,7 @@ def weights_lookup() -> dict[str, str]:
         "local folders": "prior.model=/path/to/folder (or --model) in the diffusers layout",
         "rembg model": f"{rembg_model_path()} ({'found' if rembg_available() else 'not found'})",
         "segmenter": segmenter_status(),
+        "CLIP (eval)": clip_status(),
     }
 
 
