@@ -73,6 +73,8 @@ def _load_one(cfg: "Config", kind: str, model: str, device, ref_image) -> Prior:
         p.view_dependent_prompt = False
     common = dict(device=device, dtype=p.dtype, t_min=p.t_min, t_max=p.t_max, t_schedule=p.t_schedule,
                   resolution=p.resolution, seed=cfg.seed)
+    if p.guidance_scale is None and kind == "sd" and p.distill in ("vsd", "ism"):
+        p.guidance_scale = 7.5  # ProlificDreamer's and LucidDreamer's guidance for Stable Diffusion
     if p.guidance_scale is not None:  # None keeps the prior's own default (SD 100, Zero123 5, MVDream 50, ImageDream 5)
         common["guidance_scale"] = p.guidance_scale
     speed = (dict(channels_last=p.channels_last, compile=p.compile, cuda_graphs=p.cuda_graphs,
