@@ -356,3 +356,31 @@ def test_opacity_and_scale_regularisers_push_opacity_up_and_scales_down():
     assert (s1.model.scales.detach() < sc0).all()
     plain = load_config("text", overrides=["prompt=a"])
     assert plain.stage1.lambda_opacity == 0.0 and plain.stage1.lambda_scale == 0.0  # off by default
+
+
+def test_an_interrupted_vsd_run_resumes_with_its_particles_to_the_same_ply(tmp_path, monkeypatch):
+    from dreamgs.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from dreamgs.pipeline import generate, resume_run
+    from dreamgs.stage1 import Stage1
+
+    over = ["prior.kind=oracle", "prior.distill=vsd", "prior.vsd_particles=4", "stage1.iters=8",
+            "stage1.checkpoint_every=4", "stage1.render_sizes=[32]", "stage1.size_milestones=[]",
+            "gaussians.num_points=200", "prior.oracle_azimuths=8", "prior.oracle_elevations=[0]",
+            "prior.oracle_resolution=16", "densify.enabled=false", "export.video=false", "stage2.enabled=false",
+            "device=cpu", "stage1.deterministic=true"]
+    generate("a mug", overrides=over, seed=2, run_dir=tmp_path / "ref", progress=False)
+    orig = Stage1.step
+
+    def step_or_fail(self):
+        if self.step_count == 6:
+            raise KeyboardInterrupt
+        return orig(self)
+
+    monkeypatch.setattr(Stage1, "step", step_or_fail)
+    with pytest.raises(KeyboardInterrupt):
+        generate("a mug", overrides=over, seed=2, run_dir=tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    ckpt = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)
+    assert ckpt.step == 4 and ckpt.tensors["distill.particles.images"].shape[0] == 4
+    resume_run(tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "model.ply").read_bytes() == (tmp_path / "ref" / "model.ply").read_bytes()
