@@ -183,6 +183,33 @@ def test_lora_starts_as_the_pretrained_unet_and_is_off_outside_its_branch(sd_fol
         torch.testing.assert_close(prior.unet(x_t, torch.full((2,), 500), encoder_hidden_states=plain).sample, ref)
 
 
+def test_lora_prediction_is_graphed_when_the_prior_uses_cuda_graphs(sd_folder, monkeypatch):
+    """The CPU-testable part of the CUDA-graph path: with the prior's UNet call on a
+    CudaGraphCache, the LoRA's prediction goes through one too, with the same inputs and result
+    (the cache's replay is replaced by a direct call here)."""
+    from dreamgs.priors import latent
+
+    calls = []
+
+    def replay(self, *args):
+        calls.append(tuple(a.shape for a in args))
+        return self.fn(*args)
+
+    monkeypatch.setattr(latent.CudaGraphCache, "__call__", replay)
+    cfg = tiny_config("sd", sd_folder, overrides=("seed=2", "prior.distill=vsd"))
+    prior = load_prior(cfg, "cpu")
+    prior._unet_call = latent.CudaGraphCache(prior._unet_forward)
+    lora = D.build_rule(cfg, prior).estimator
+    assert lora._eps_call is not None
+    cams = make_cameras([0.0, 0.0], [0.0, 180.0], 2.5, 49.1, R)
+    lora.observe(torch.randn(2, 4, R // 2, R // 2, generator=torch.Generator().manual_seed(1)), cams)
+    x_t = torch.randn(2, 4, R // 2, R // 2, generator=torch.Generator().manual_seed(0))
+    graphed = lora.eps(x_t, 400, cams)
+    assert calls and calls[-1][0] == (2, 4, R // 2, R // 2)
+    lora._eps_call = None
+    torch.testing.assert_close(graphed, lora.eps(x_t, 400, cams), rtol=0, atol=0)
+
+
 def test_lora_denoising_loss_falls_by_30_percent_in_200_steps(tmp_path):
     """A fixed set of 4 renders and cameras; the loss is measured on fixed (t, noise) draws. The
     tiny SD's UNet is widened (16/32 channels, 4-wide heads): at 8/16 channels with 2-wide heads

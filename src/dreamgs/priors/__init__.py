@@ -16,7 +16,9 @@
 
 In image mode ``cfg.prior.text_guidance`` (``sd`` or ``mvdream``) adds a text prior under
 ``cfg.prompt`` with weight ``cfg.prior.text_weight`` (``priors/combined.py``, DreamGaussian's
-``lambda_sd`` beside ``lambda_zero123``). An empty ``cfg.prior.model`` picks the kind's default. The diffusion modules import
+``lambda_sd`` beside ``lambda_zero123``). An empty ``cfg.prior.model`` picks the kind's default.
+How the prior's predictions become a gradient is ``cfg.prior.distill`` (sds, vsd, ism:
+``priors/distill.py``; with vsd or ism, ``sd`` guides at 7.5 unless ``prior.guidance_scale`` is set). The diffusion modules import
 diffusers/transformers only when a prior is built.
 """
 

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..cameras import Cameras
 from ..errors import ConfigError
-from .base import Prior, resize, sdedit_timesteps, sds_loss, timestep_fraction
+from .base import Prior, resize, sdedit_timesteps, timestep_fraction
 
 
 class LatentDiffusionPrior(Prior):

@@ -78,6 +78,11 @@ class UNetLoRA:
         self.optimizer = torch.optim.AdamW(params, lr=lr)
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
         self.last_loss = float("nan")
+        # With the prior's UNet call on CUDA graphs, the adapted UNet's prediction is graphed too
+        # (its weights are updated in place, so the captured graph stays valid).
+        from .latent import CudaGraphCache
+
+        self._eps_call = CudaGraphCache(self._eps_raw) if isinstance(prior._unet_call, CudaGraphCache) else None
 
     @contextlib.contextmanager
     def active(self):
@@ -127,13 +132,19 @@ class UNetLoRA:
             self.optimizer.step()
         self.last_loss = float(loss.detach())
 
+    def _eps_raw(self, x: Tensor, t: Tensor, camvec: Tensor, *cond: Tensor) -> Tensor:
+        with self.active():
+            return self.prior.lora_unet_call(x, t, cond if len(cond) > 1 else cond[0], camvec)
+
     @torch.no_grad()
     def eps(self, x_t: Tensor, t: int, cams: Cameras) -> Tensor:
         """The adapted UNet's noise prediction for ``x_t`` at ``t`` with the cameras (guidance 1)."""
         n = x_t.shape[0]
         ts = torch.full((n,), int(t), device=self.device, dtype=torch.long)
-        with self.active():
-            out = self._call(x_t, ts, cams, camera_vector(cams).to(self.device))
+        cond = self.prior.lora_condition(cams, n)
+        cond = tuple(cond) if isinstance(cond, tuple) else (cond,)
+        args = (x_t.to(self.prior.dtype), ts, camera_vector(cams).to(self.device), *cond)
+        out = self._eps_call(*args) if self._eps_call is not None else self._eps_raw(*args)
         return self.prior.to_eps(out, x_t, t)
 
     # -- checkpoints ------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from torch import Tensor
 
 from ..cameras import Cameras, make_cameras, relative_elevation_range
 from ..errors import InputError
-from .base import VIEW_BUCKETS, Prior, resize, sdedit_timesteps, sds_loss, timestep_fraction, view_bucket
+from .base import VIEW_BUCKETS, Prior, resize, sdedit_timesteps, timestep_fraction, view_bucket
 
 NUM_TRAIN_TIMESTEPS = 1000
 DEFAULT_GUIDANCE = 2.0  # measured best of 1, 2, 5, 15 for text mode on the mug
