@@ -4,7 +4,7 @@
 #     bash benchmarks/device.sh STEP [STEP ...]
 #
 # Steps: env, gsplat (JIT-compile gsplat's CUDA code), render, quality, models, prior, compile, mesh,
-# pipeline, resume, turntable, mvdream, mvdream-pipeline; bench-ci, bench-hard, bench-hard-mv, bench-full, preview-dev, preview-ablate, fidelity (docs/quality.md,
+# pipeline, resume, turntable, mvdream, mvdream-pipeline, distill-speed; bench-ci, bench-distill, bench-hard, bench-hard-mv, bench-full, preview-dev, preview-ablate, fidelity (docs/quality.md,
 # docs/fidelity.md: their reports are packed into $OUT/reports.tar.gz). Each step's output goes to $OUT/<step>.log (default OUT=/tmp/out).
 # The machine has torch but not our other dependencies: they travel as wheels in .whl/ (not
 # committed; docs/benchmarks.md lists them) and are installed into /tmp/site once per machine.
@@ -67,6 +67,21 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
             python3 benchmarks/resume_gpu.py ;;
         turntable)
             python3 benchmarks/turntable_gpu.py --out /tmp/turntable ;;
+        distill-speed)  # issue 18: one SDS, VSD and ISM step with the full-size random SD 2.1-base (512 px, batch 1),
+            # each at its own default guidance, median ms and peak memory (target: VSD, ISM <= 3x SDS)
+            [ -f $MODELS/sd/model_index.json ] || python3 benchmarks/full_size_models.py --out $MODELS/sd --which sd --device cuda
+            python3 benchmarks/distill_speed.py --model $MODELS/sd --batch 1
+            python3 benchmarks/distill_speed.py --model $MODELS/sd --batch 4 --iters 10 ;;
+        bench-distill)  # issue 18: SDS, VSD and ISM (prior.distill; RULES) on the test split at CI size, equal steps,
+            # each at the oracle's own guidance, in the standard and the Janus-prone hard text settings
+            # (SETTINGS); all at once, JOBS runs each
+            export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+            for s in ${SETTINGS:-standard hard}; do for r in ${RULES:-sds vsd ism}; do
+                python3 -m dreamgs.cli bench --assets test --seeds ${SEEDS:-3} --mode text --setting $s --device cuda \
+                    --jobs ${JOBS:-5} --no-baselines --config benchmarks/ci_size.yaml --out /tmp/reports/distill-$s-$r \
+                    prior.distill=$r &
+            done; done
+            wait ;;
         bench-ci)  # the test split at CI size, text and image (MODES; docs/quality.md)
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
             for m in ${MODES:-text image}; do

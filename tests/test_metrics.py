@@ -69,3 +69,39 @@ def test_sample_surface_area_weighted_and_uniform():
     # Same generator seed, same points.
     again = sample_surface(mesh, 40000, torch.Generator().manual_seed(0))
     assert torch.equal(pts, again)
+
+
+def test_mean_saturation_is_the_alpha_weighted_hsv_saturation():
+    import colorsys
+
+    from dreamgs.metrics import mean_saturation
+
+    g = torch.Generator().manual_seed(0)
+    rgb = torch.rand(2, 5, 4, 3, generator=g)
+    rgb[0, 0, 0] = 0.0  # black: saturation 0
+    alpha = torch.rand(2, 5, 4, 1, generator=g)
+    sats = torch.tensor([colorsys.rgb_to_hsv(*px.tolist())[1] for px in rgb.reshape(-1, 3)], dtype=torch.float64)
+    w = alpha.reshape(-1).double()
+    assert mean_saturation(rgb, alpha) == pytest.approx(float((sats * w).sum() / w.sum()), rel=1e-12)
+    grey = torch.full((1, 3, 3, 3), 0.4)
+    assert mean_saturation(grey, torch.ones(1, 3, 3, 1)) == 0.0
+    vivid = torch.tensor([1.0, 0.0, 0.0]).expand(1, 3, 3, 3)
+    assert mean_saturation(vivid, torch.ones(1, 3, 3, 1)) == 1.0
+    assert math.isnan(mean_saturation(vivid, torch.zeros(1, 3, 3, 1)))
+
+
+def test_bench_scores_saturation_against_the_truth(monkeypatch):
+    from types import SimpleNamespace
+
+    import dreamgs.evaluate as ev
+    from dreamgs import bench
+
+    monkeypatch.setattr(ev, "pose_offset", lambda *a, **k: 0.0)  # needs a mesh; not what is tested here
+    g = torch.Generator().manual_seed(1)
+    rgb, alpha = torch.rand(2, 8, 8, 3, generator=g), torch.ones(2, 8, 8, 1)
+    truth = SimpleNamespace(rgb=rgb, alpha=alpha, mesh=None, cams=None, pose_cache={})
+    same = bench.score_views(rgb, alpha, truth)
+    paler = bench.score_views(0.5 + 0.5 * rgb, alpha, truth)  # mixed with white: less saturated
+    assert same["saturation_delta"] == 0.0
+    assert paler["saturation_delta"] < -0.05
+    assert "saturation_delta" in dict(bench.METRICS)

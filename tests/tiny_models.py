@@ -97,14 +97,14 @@ def write_clip_tokenizer(folder: Path, vocab_size: int | None = None) -> Path:
     return folder
 
 
-def _tiny_unet(in_channels: int):
+def _tiny_unet(in_channels: int, channels: tuple[int, int] = (8, 16), head_dim: int = 2):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
         sample_size=TINY_RESOLUTION // 2, in_channels=in_channels, out_channels=4, layers_per_block=1,
-        block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        block_out_channels=channels, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TINY_WIDTH,
-        attention_head_dim=2, norm_num_groups=4,
+        attention_head_dim=head_dim, norm_num_groups=4,
     )
 
 
@@ -131,8 +131,10 @@ def _sd_scheduler():
                          clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 
 
-def build_tiny_sd(folder: str | Path, seed: int = 0) -> Path:
-    """A tiny Stable Diffusion folder (diffusers layout, safetensors) at ``folder``."""
+def build_tiny_sd(folder: str | Path, seed: int = 0, unet_channels: tuple[int, int] = (8, 16),
+                  head_dim: int = 2) -> Path:
+    """A tiny Stable Diffusion folder (diffusers layout, safetensors) at ``folder``; ``unet_channels``
+    and ``head_dim`` widen its UNet (the VSD LoRA test uses (32, 64) and 8)."""
     import shutil
 
     from diffusers import StableDiffusionPipeline
@@ -151,7 +153,7 @@ def build_tiny_sd(folder: str | Path, seed: int = 0) -> Path:
     )
     pipe = StableDiffusionPipeline(
         vae=_tiny_vae(), text_encoder=CLIPTextModel(text_config), tokenizer=tokenizer,
-        unet=_tiny_unet(4), scheduler=_sd_scheduler(), safety_checker=None, feature_extractor=None,
+        unet=_tiny_unet(4, unet_channels, head_dim), scheduler=_sd_scheduler(), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.save_pretrained(folder, safe_serialization=True)

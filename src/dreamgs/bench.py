@@ -6,7 +6,8 @@ rendered at held-out cameras (:func:`dreamgs.evaluate.heldout_cameras`) and comp
 asset. Per run: PSNR over the whole image and over the union of the two silhouettes, the pose
 offset (the azimuth turn of the truth that best matches the result), Chamfer distance between the
 generated mesh and the true outer surface (percent of the bounding-box diagonal), the front/back
-check, and the wall time.
+check, the mean saturation of the result's colours minus the truth's (over their silhouettes, HSV
+saturation: SDS is known to over-saturate), and the wall time.
 
 Baselines are scored in exactly the same way at the same cameras, per asset:
 
@@ -195,7 +196,11 @@ def chamfer_pct(mesh, truth: Truth, n: int = 20000) -> float:
 def score_views(rgb: torch.Tensor, alpha: torch.Tensor, truth: Truth) -> dict:
     from .evaluate import pose_offset, view_scores
 
+    from .metrics import mean_saturation
+
     out = view_scores(rgb, alpha, truth.rgb, truth.alpha)
+    out["saturation"] = mean_saturation(rgb, alpha)
+    out["saturation_delta"] = out["saturation"] - mean_saturation(truth.rgb, truth.alpha)
     out["pose_offset_deg"] = pose_offset(rgb, truth.mesh, truth.cams, cache=truth.pose_cache)
     return out
 
@@ -389,7 +394,7 @@ def _stat(values: list) -> str:
 
 
 METRICS = (("psnr", "PSNR (dB)"), ("psnr_masked", "masked PSNR (dB)"), ("chamfer_pct", "Chamfer (% diag)"),
-           ("pose_offset_deg", "pose offset (deg)"))
+           ("pose_offset_deg", "pose offset (deg)"), ("saturation_delta", "saturation − truth"))
 
 
 def summary_rows(report: dict) -> list[dict]:

@@ -10,6 +10,8 @@ A checkpoint holds everything needed to continue a run exactly where it stopped:
   states;
 - the prior's own random generators (every ``torch.Generator`` attribute of the prior object:
   the SDS noise and timestep draws), by attribute name;
+- the distillation rule's state (``prior.distill=vsd``: the LoRA, its camera embedding, their
+  AdamW moments and the LoRA's generator; or the oracle's particle buffer) under ``distill.*``;
 - the resolved config (as :func:`dreamgs.config.to_dict`) and, in image mode, the preprocessed
   input image (the exact float RGBA the run trains against).
 
@@ -168,12 +170,18 @@ def trainer_state(ckpt: Checkpoint) -> dict:
 # Save / load
 
 
+def distill_state(ckpt: Checkpoint) -> dict[str, Tensor]:
+    """The distillation rule's tensors (``distill.*``) by their own names."""
+    return {k[len("distill."):]: v for k, v in ckpt.tensors.items() if k.startswith("distill.")}
+
+
 def save_checkpoint(path: str | os.PathLike, *, stage: str, config: dict, trainer, prior=None,
-                    ref_rgba: Tensor | None = None, extra: dict | None = None) -> Path:
+                    ref_rgba: Tensor | None = None, extra: dict | None = None, distill=None) -> Path:
     """Write a checkpoint atomically; see the module docstring for what it holds.
 
     ``trainer`` is a :class:`~dreamgs.train.GaussianTrainer`; ``config`` the run's
-    :func:`~dreamgs.config.to_dict`; ``extra`` any JSON-serialisable run information.
+    :func:`~dreamgs.config.to_dict`; ``extra`` any JSON-serialisable run information; ``distill``
+    the stage's distillation rule (its ``state_dict``).
     """
     from safetensors.torch import save_file
 
@@ -185,6 +193,9 @@ def save_checkpoint(path: str | os.PathLike, *, stage: str, config: dict, traine
         tensors[f"gen.prior.{name}"] = gen.get_state()
     if ref_rgba is not None:
         tensors["ref.rgba"] = ref_rgba.detach().float()
+    if distill is not None:
+        for name, t in distill.state_dict().items():
+            tensors[f"distill.{name}"] = t
     meta = {"format": FORMAT, "version": VERSION, "stage": stage, "step": tmeta["step"], "config": config,
             "trainer": tmeta, "prior_generators": {k: g.device.type for k, g in gens.items()},
             "extra": extra or {}}

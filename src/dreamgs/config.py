@@ -39,6 +39,11 @@ class CameraConfig:
     # range is widened so absolute elevations cover elevation_range, within [-80, 80]; False: input
     # elevation + elevation_range, clamped to [-80, 80] (docs/fidelity.md, item 2).
     cover_elevation_range: bool = True
+    # Front-biased warm-up (seed 000's schedule; off at 0): for the first `front_warmup` fraction of
+    # stage 1 the azimuths are drawn within +-front_warmup_azimuth of the front, widening linearly
+    # to azimuth_range by the end of the warm-up.
+    front_warmup: float = 0.0
+    front_warmup_azimuth: float = 45.0
 
 
 @dataclass
@@ -113,6 +118,24 @@ class PriorConfig:
     text_guidance: str = ""
     text_model: str = ""  # hub id or local folder of the text prior; empty picks the default for the kind
     text_weight: float = 1.0
+    # Distillation rule (priors/distill.py): sds | vsd (ProlificDreamer) | ism (LucidDreamer).
+    # With vsd or ism and no guidance_scale, Stable Diffusion guides at 7.5 instead of 100.
+    distill: str = "sds"
+    # Guidance schedule (seed 000's; off when empty): guidance scales over equal parts of stage 1,
+    # e.g. [100, 50, 20]; overrides guidance_scale during stage 1.
+    guidance_schedule: tuple[float, ...] = ()
+    vsd_estimator: str = "auto"  # auto (lora for sd/zero123, particle for the oracles) | lora | particle
+    vsd_lora_rank: int = 4  # LoRA rank on the UNet's attention projections
+    vsd_lora_lr: float = 1e-4  # AdamW learning rate of the LoRA and the camera embedding
+    vsd_camera_dropout: float = 0.1  # fraction of LoRA training renders whose camera is zeroed
+    vsd_particles: int = 8  # particle estimator: recent renders kept
+    vsd_particle_sigma: float = 0.35  # particle estimator: camera-kernel width, radians
+    ism_delta_t: int = 25  # ISM interval t - s after the warm-up (LucidDreamer: 25)
+    ism_delta_t_start: int = 100  # ... and at the start (annealed over ism_warmup)
+    ism_warmup: float = 0.3  # fraction of stage 1 over which the interval anneals (LucidDreamer: 1500 of 5000)
+    ism_xs_delta_t: int = 200  # DDIM inversion stride to x_s
+    ism_xs_steps: int = 5  # at most this many inversion steps to x_s
+    ism_grad_scale: float = 0.1  # LucidDreamer's lambda_guidance
 
 
 @dataclass
@@ -133,6 +156,10 @@ class Stage1Config:
     checkpoint_every: int = 100  # stage-1 steps between checkpoints; 0: only when stage 1 ends
     max_bad_steps: int = 20  # non-finite steps tolerated before giving up
     deterministic: bool = False  # torch.use_deterministic_algorithms during the run
+    # Seed 000's regularisers (off at 0): lambda_opacity * mean((1 - opacity)^2) over the Gaussians
+    # (pushes them to be opaque) and lambda_scale * mean(|s|^2) of their scales (keeps them small).
+    lambda_opacity: float = 0.0
+    lambda_scale: float = 0.0
 
 
 @dataclass
@@ -516,6 +543,18 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"prior.text_guidance={cfg.prior.text_guidance} needs a prompt (prompt=...)")
     if cfg.prior.text_weight < 0:
         raise ConfigError(f"prior.text_weight must be >= 0, got {cfg.prior.text_weight}")
+    if cfg.prior.distill not in ("sds", "vsd", "ism"):
+        raise ConfigError(f"prior.distill: expected sds, vsd or ism, got '{cfg.prior.distill}'")
+    if cfg.prior.distill != "sds" and cfg.prior.text_guidance:
+        raise ConfigError(f"prior.distill={cfg.prior.distill} takes a single prior; drop prior.text_guidance")
+    if cfg.prior.vsd_estimator not in ("auto", "lora", "particle"):
+        raise ConfigError(f"prior.vsd_estimator: expected auto, lora or particle, got '{cfg.prior.vsd_estimator}'")
+    if any(g < 0 for g in cfg.prior.guidance_schedule):
+        raise ConfigError("prior.guidance_schedule: guidance scales must not be negative")
+    if not 0.0 <= cfg.camera.front_warmup <= 1.0 or not 0.0 < cfg.camera.front_warmup_azimuth <= 180.0:
+        raise ConfigError("camera.front_warmup must be within [0, 1] and camera.front_warmup_azimuth within (0, 180]")
+    if cfg.stage1.lambda_opacity < 0 or cfg.stage1.lambda_scale < 0:
+        raise ConfigError("stage1.lambda_opacity and stage1.lambda_scale must not be negative")
     if cfg.prior.oracle_unseen not in ("asset", "family"):
         raise ConfigError(f"prior.oracle_unseen: expected asset or family, got '{cfg.prior.oracle_unseen}'")
     if not 0.0 < cfg.prior.oracle_seen_angle < 180.0:

@@ -102,7 +102,9 @@ def probe(stage1, cfg: Config) -> dict:
     with _random_state_kept(prior):
         model = stage1.model
         params = {k: v.detach().clone() for k, v in model.params.items()}
-        copy = Stage1(cfg, prior, stage1.ref, device, init=GaussianModel(params, model.sh_degree))
+        rule_state = stage1.distill.state_dict()  # VSD's LoRA / particles: put back after the probe steps
+        copy = Stage1(cfg, prior, stage1.ref, device, init=GaussianModel(params, model.sh_degree),
+                      distill=stage1.distill)
         for s in sorted({min(ahead), max(ahead)}):
             step = _probe_step(cfg, ahead[s], cfg.densify)
             times = []
@@ -116,11 +118,13 @@ def probe(stage1, cfg: Config) -> dict:
             # The first step pays one-off costs; of the others the fastest, as other processes come and go.
             out["step_s"][s] = min(times[1:] or times)
         del copy
+        stage1.distill.load_state_dict(rule_state)
         gen = torch.Generator().manual_seed(0)
         cams = step_cameras(cfg, prior, s1cfg.batch_size, size, device, gen)
         images = torch.full((len(cams), 3, size, size), 0.5, device=device, requires_grad=True)
         t0 = time.perf_counter()
-        prior.sds(images, cams, start / max(1, s1cfg.iters)).backward()
+        stage1.distill(images, cams, start / max(1, s1cfg.iters)).backward()
+        stage1.distill.load_state_dict(rule_state)
         _sync(device)
         out["prior_s"] = min(time.perf_counter() - t0, 0.9 * min(out["step_s"].values()))
         if cfg.stage2.enabled and cfg.stage2.iters > 0:

@@ -28,6 +28,18 @@ def psnr(a: Tensor, b: Tensor, mask: Tensor | None = None, max_val: float = 1.0)
     return math.inf if mse == 0 else 10.0 * math.log10(max_val ** 2 / mse)
 
 
+def mean_saturation(rgb: Tensor, alpha: Tensor) -> float:
+    """Alpha-weighted mean HSV saturation ``(max - min) / max`` (0 where max is 0) of images
+    ``rgb`` (..., 3) in [0, 1] with coverage ``alpha`` (..., 1): how vivid the object's colours are,
+    the background left out. NaN if nothing is covered."""
+    c = rgb.double().clamp(0.0, 1.0)
+    hi, lo = c.max(dim=-1).values, c.min(dim=-1).values
+    sat = torch.where(hi > 0, (hi - lo) / hi.clamp_min(1e-12), torch.zeros_like(hi))
+    w = alpha.double().reshape(sat.shape).clamp(0.0, 1.0)
+    total = float(w.sum())
+    return float((sat * w).sum()) / total if total > 0 else math.nan
+
+
 def sample_surface(mesh: Mesh, n: int, generator: torch.Generator | None = None,
                    return_faces: bool = False):
     """``n`` points drawn uniformly (by area) from the surface of ``mesh``: (n, 3) float32.

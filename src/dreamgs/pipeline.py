@@ -475,11 +475,12 @@ def oom_message(phase: str, detail: str, run_dir: Path, checkpoint_kept: bool) -
 
 
 def _restore(stage1, prior, ckpt) -> None:
-    from .checkpoint import restore_prior_generators, trainer_state
+    from .checkpoint import distill_state, restore_prior_generators, trainer_state
 
     try:
         stage1.trainer.load_state_dict(trainer_state(ckpt))
         restore_prior_generators(prior, ckpt)
+        stage1.distill.load_state_dict(distill_state(ckpt))
     except (RuntimeError, ValueError, TypeError, KeyError) as e:
         raise InputError(f"{ckpt.path}: cannot restore the run's state ({type(e).__name__}: {e})") from None
 
@@ -519,7 +520,7 @@ def _execute(run: _Run, ckpt, on_progress: ProgressFn | None, progress: bool, t_
 
             def save(stage: str) -> None:
                 save_checkpoint(ckpt_file, stage=stage, config=to_dict(cfg), trainer=stage1.trainer, prior=prior,
-                                ref_rgba=run.rgba, extra={"seed": run.seed})
+                                ref_rgba=run.rgba, extra={"seed": run.seed}, distill=stage1.distill)
 
             def after_step(s1: Stage1) -> None:
                 every = cfg.stage1.checkpoint_every

@@ -28,6 +28,7 @@ from .estimate import SIZE_EXPONENT
 from .fit import reference_loss
 from .gaussians import GaussianModel
 from .priors.base import Prior
+from .priors.distill import build_rule
 from .progress import Progress
 from .render import render
 from .train import GaussianTrainer
@@ -102,6 +103,27 @@ def step_cameras(cfg: Config, prior: Prior, n: int, size: int, device, generator
     return sample_training_cameras(cfg, n, size, device, generator, relative=relative)
 
 
+def scheduled_guidance(schedule: tuple[float, ...], progress: float) -> float:
+    """The guidance scale at training ``progress`` in [0, 1]: ``schedule`` split into equal parts
+    of training (e.g. (100, 50, 20): 100 for the first third, 50, then 20)."""
+    n = len(schedule)
+    return float(schedule[min(max(int(progress * n), 0), n - 1)])
+
+
+def warmup_cameras(cfg: Config, progress: float) -> Config:
+    """``cfg`` with the azimuth range of the front-biased warm-up at ``progress``: within
+    ``camera.front_warmup`` of training, azimuths within +-h of the front, h growing linearly from
+    ``camera.front_warmup_azimuth`` to the full range; ``cfg`` itself otherwise."""
+    c = cfg.camera
+    if c.front_warmup <= 0 or progress >= c.front_warmup:
+        return cfg
+    lo, hi = c.azimuth_range
+    full = max(abs(lo), abs(hi))
+    half = c.front_warmup_azimuth + (full - c.front_warmup_azimuth) * (progress / c.front_warmup)
+    rng = (max(lo, -half), min(hi, half))
+    return dataclasses.replace(cfg, camera=dataclasses.replace(c, azimuth_range=rng))
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -122,8 +144,11 @@ class Stage1:
     """The stage-1 optimisation, one :meth:`step` at a time (resumable through state_dict)."""
 
     def __init__(self, cfg: Config, prior: Prior, ref: ReferenceView | None = None,
-                 device: torch.device | str = "cpu", init: GaussianModel | None = None):
+                 device: torch.device | str = "cpu", init: GaussianModel | None = None, distill=None):
         self.cfg, self.prior, self.ref = cfg, prior, ref
+        # The distillation rule (prior.distill: sds, vsd, ism); a copy of a Stage1 shares its rule
+        # (VSD's LoRA is attached to the prior's UNet once).
+        self.distill = distill if distill is not None else build_rule(cfg, prior)
         self.device = torch.device(device)
         seed = int(cfg.seed or 0)
         g = cfg.gaussians
@@ -152,16 +177,27 @@ class Stage1:
         size = render_size(cfg, step)
         gen = self.trainer.generator
         # Multi-view priors: batch_size groups of views, one SDS over them (fixed shapes for CUDA graphs).
-        cams = step_cameras(cfg, self.prior, s1.batch_size, size, self.device, gen, relative=self.ref is not None)
+        cams = step_cameras(warmup_cameras(cfg, progress), self.prior, s1.batch_size, size, self.device, gen,
+                            relative=self.ref is not None)
         views = len(cams) // s1.batch_size
         white = (torch.rand(s1.batch_size, generator=gen) < s1.white_background_prob).repeat_interleave(views)
         bg = white.float()[:, None].expand(-1, 3).to(self.device)
         out = render(self.model, cams, background=bg, backend=cfg.backend)
         images = out.images()
-        loss_sds = self.prior.sds(images.clamp(0.0, 1.0) if s1.clamp_render else images, cams, progress)
+        if cfg.prior.guidance_schedule:
+            self.prior.set_guidance(scheduled_guidance(cfg.prior.guidance_schedule, progress))
+        loss_sds = self.distill(images.clamp(0.0, 1.0) if s1.clamp_render else images, cams, progress)
         loss = s1.lambda_sds * loss_sds
         renders = [out]
         report = {"sds": loss_sds}
+        if s1.lambda_opacity > 0:
+            reg = ((1.0 - self.model.opacities) ** 2).mean()
+            loss = loss + s1.lambda_opacity * reg
+            report["opacity_reg"] = reg
+        if s1.lambda_scale > 0:
+            reg = (self.model.scales ** 2).sum(-1).mean()
+            loss = loss + s1.lambda_scale * reg
+            report["scale_reg"] = reg
         if self.ref is not None and step % max(1, s1.ref_every) == 0:
             warm = min(1.0, (step + 1) / max(1.0, s1.warmup_fraction * s1.iters)) if self.warmup else 1.0
             white3 = torch.ones(1, 3, device=self.device)

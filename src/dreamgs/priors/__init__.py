@@ -16,7 +16,9 @@
 
 In image mode ``cfg.prior.text_guidance`` (``sd`` or ``mvdream``) adds a text prior under
 ``cfg.prompt`` with weight ``cfg.prior.text_weight`` (``priors/combined.py``, DreamGaussian's
-``lambda_sd`` beside ``lambda_zero123``). An empty ``cfg.prior.model`` picks the kind's default. The diffusion modules import
+``lambda_sd`` beside ``lambda_zero123``). An empty ``cfg.prior.model`` picks the kind's default.
+How the prior's predictions become a gradient is ``cfg.prior.distill`` (sds, vsd, ism:
+``priors/distill.py``; with vsd or ism, ``sd`` guides at 7.5 unless ``prior.guidance_scale`` is set). The diffusion modules import
 diffusers/transformers only when a prior is built.
 """
 
@@ -73,6 +75,8 @@ def _load_one(cfg: "Config", kind: str, model: str, device, ref_image) -> Prior:
         p.view_dependent_prompt = False
     common = dict(device=device, dtype=p.dtype, t_min=p.t_min, t_max=p.t_max, t_schedule=p.t_schedule,
                   resolution=p.resolution, seed=cfg.seed)
+    if p.guidance_scale is None and kind == "sd" and p.distill in ("vsd", "ism"):
+        p.guidance_scale = 7.5  # ProlificDreamer's and LucidDreamer's guidance for Stable Diffusion
     if p.guidance_scale is not None:  # None keeps the prior's own default (SD 100, Zero123 5, MVDream 50, ImageDream 5)
         common["guidance_scale"] = p.guidance_scale
     speed = (dict(channels_last=p.channels_last, compile=p.compile, cuda_graphs=p.cuda_graphs,

@@ -5,6 +5,10 @@ A prior is built already conditioned (on a prompt, or on a reference image) and 
 - ``sds(images, cams, progress)``: a scalar loss whose gradient with respect to ``images`` is the
   score-distillation gradient ``w(t) (eps_hat_cfg - eps)`` (through the VAE encoder for latent
   priors). ``progress`` in [0, 1] is the fraction of training done; it drives timestep annealing.
+- the denoiser that the distillation rules (:mod:`dreamgs.priors.distill`: ``prior.distill``
+  = sds, vsd or ism) turn into gradients: ``model_input``, ``timestep``, ``draw_noise``,
+  ``condition``, ``eps`` (guided), ``eps_uncond`` and ``alphas_cumprod`` (priors that offer it
+  set ``is_denoiser``; ``sds`` is :func:`dreamgs.priors.distill.sds` of it);
 - ``refine(images, cams, strength, steps, schedule=...)``: SDEdit: noise the images and denoise
   them back with DDIM (eta = 0) along :func:`sdedit_timesteps` (the one definition of both
   schedules, ``"ddim"`` as DreamGaussian and ``"linear"``).
@@ -37,6 +41,41 @@ class Prior(ABC):
     # Stage 2's loss is refine_weight * mse(x, refine(x)): 1, except for a weighted sum of priors
     # (priors/combined.py), whose refine returns the weighted mean of its parts' refinements.
     refine_weight: float = 1.0
+    # Whether the prior exposes the denoiser methods below (single priors do; a weighted sum of
+    # priors does not, so it takes SDS only).
+    is_denoiser: bool = False
+    acc_dtype: torch.dtype = torch.float32
+    alphas_cumprod: Tensor  # (T,) abar_t in acc_dtype
+
+    # -- the denoiser (used by the distillation rules, priors/distill.py) ------------------------
+
+    def model_input(self, images: Tensor, cams: Cameras) -> Tensor:
+        """Differentiable model-space ``x0`` (latents or pixels in [-1, 1]) of rendered images."""
+        raise NotImplementedError(f"{self.name}: no denoiser interface")
+
+    def timestep(self, progress: float) -> int:
+        """Integer diffusion timestep for training ``progress`` (the prior's t schedule)."""
+        raise NotImplementedError(f"{self.name}: no denoiser interface")
+
+    def draw_noise(self, like: Tensor) -> Tensor:
+        """Standard normal noise shaped like ``like``, in ``acc_dtype``, from the prior's generator."""
+        raise NotImplementedError(f"{self.name}: no denoiser interface")
+
+    def condition(self, cams: Cameras, batch: int):
+        """Everything the denoiser needs for ``batch`` images seen from ``cams``."""
+        raise NotImplementedError(f"{self.name}: no denoiser interface")
+
+    def eps(self, x_t: Tensor, t: int, cond) -> Tensor:
+        """Classifier-free-guided noise prediction (``acc_dtype``) for ``x_t`` (``acc_dtype``)."""
+        raise NotImplementedError(f"{self.name}: no denoiser interface")
+
+    def eps_uncond(self, x_t: Tensor, t: int, cond) -> Tensor:
+        """Unconditional noise prediction (``acc_dtype``) for ``x_t`` (``acc_dtype``)."""
+        raise NotImplementedError(f"{self.name}: no denoiser interface")
+
+    def set_guidance(self, scale: float) -> None:
+        """Set the classifier-free guidance scale (the guidance schedule calls it every step)."""
+        self.guidance_scale = float(scale)
 
     @abstractmethod
     def sds(self, images: Tensor, cams: Cameras, progress: float) -> Tensor:

@@ -53,6 +53,10 @@ class WeightedPriors(Prior):
 
         return {f"{name}.{k}": g for name, _, p in self.parts for k, g in prior_generators(p).items()}
 
+    def set_guidance(self, scale: float) -> None:
+        """The guidance schedule drives the main prior (``prior.kind``) only."""
+        self.parts[0][2].set_guidance(scale)
+
     def sds(self, images: Tensor, cams: Cameras, progress: float) -> Tensor:
         return sum(w * p.sds(images, cams, progress) for _, w, p in self.parts if w != 0)
 

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..cameras import Cameras
 from ..errors import ConfigError
-from .base import Prior, resize, sdedit_timesteps, sds_loss, timestep_fraction
+from .base import Prior, resize, sdedit_timesteps, timestep_fraction
 
 
 class LatentDiffusionPrior(Prior):
@@ -195,22 +195,46 @@ class LatentDiffusionPrior(Prior):
         abar = self.alphas_cumprod[t]
         noise = noise.to(self.acc_dtype)
         x_t = abar.sqrt() * latents.to(self.acc_dtype) + (1 - abar).sqrt() * noise
-        eps_hat = self.guided_eps(x_t.to(self.dtype), t, cond)
-        # Not nan_to_num'ed: a non-finite prediction must reach the trainer's guard, which skips
-        # and counts the step, instead of becoming a silent zero gradient.
-        return (1 - abar) * (eps_hat - noise)
+        return (1 - abar) * (self.eps(x_t, t, cond) - noise)
 
     def sds(self, images: Tensor, cams: Cameras, progress: float, *, t: int | None = None,
             noise: Tensor | None = None) -> Tensor:
-        """SDS loss; ``t`` and ``noise`` override the random draws (for tests and analysis)."""
-        batch = self._check_batch(images, cams)
-        latents = self.encode_images(images)
-        if t is None:
-            t = self.timestep(progress)
-        if noise is None:
-            noise = self.draw_noise(latents)
-        grad = self.sds_grad(latents.detach(), self.condition(cams, batch), t, noise)
-        return sds_loss(latents, grad)
+        """SDS loss (:func:`dreamgs.priors.distill.sds`); ``t`` and ``noise`` override the random
+        draws (for tests and analysis)."""
+        from .distill import sds
+
+        return sds(self, images, cams, progress, t=t, noise=noise)
+
+    # The denoiser interface (priors/distill.py)
+
+    is_denoiser = True
+
+    def model_input(self, images: Tensor, cams: Cameras) -> Tensor:
+        self._check_batch(images, cams)
+        return self.encode_images(images)
+
+    def eps(self, x_t: Tensor, t: int, cond: Any) -> Tensor:
+        return self.guided_eps(x_t.to(self.dtype), t, cond)
+
+    def eps_uncond(self, x_t: Tensor, t: int, cond: Any) -> Tensor:
+        """The unconditional branch alone; this generic version runs the guided batch with scale
+        0 (``eps_u + 0 (eps_c - eps_u)``); subclasses run the unconditional half only."""
+        scale = self.guidance_scale
+        self.guidance_scale = 0.0
+        try:
+            return self.guided_eps(x_t.to(self.dtype), t, cond)
+        finally:
+            self.guidance_scale = scale
+
+    def to_eps(self, out: Tensor, x_t: Tensor, t: int | Tensor) -> Tensor:
+        """Raw UNet output -> epsilon (``acc_dtype``); ``t`` an int or a (B,) tensor."""
+        out = out.to(self.acc_dtype)
+        if self.prediction_type == "v_prediction":
+            abar = self.alphas_cumprod[t]
+            if abar.ndim:
+                abar = abar.reshape(-1, *([1] * (out.ndim - 1)))
+            out = abar.sqrt() * out + (1 - abar).sqrt() * x_t.to(self.acc_dtype)
+        return out
 
     # ------------------------------------------------------------------------------------------
     # SDEdit

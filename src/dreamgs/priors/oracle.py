@@ -47,7 +47,7 @@ from torch import Tensor
 
 from ..cameras import Cameras, make_cameras, relative_elevation_range
 from ..errors import InputError
-from .base import VIEW_BUCKETS, Prior, resize, sdedit_timesteps, sds_loss, timestep_fraction, view_bucket
+from .base import VIEW_BUCKETS, Prior, resize, sdedit_timesteps, timestep_fraction, view_bucket
 
 NUM_TRAIN_TIMESTEPS = 1000
 DEFAULT_GUIDANCE = 2.0  # measured best of 1, 2, 5, 15 for text mode on the mug
@@ -228,15 +228,35 @@ class OraclePrior(Prior):
     def _timestep(self, frac: float) -> int:
         return int(min(max(round(frac * NUM_TRAIN_TIMESTEPS), 1), NUM_TRAIN_TIMESTEPS - 1))
 
-    def sds(self, images: Tensor, cams: Cameras, progress: float) -> Tensor:
-        x = resize(images, self.resolution) * 2.0 - 1.0
-        t = self._timestep(timestep_fraction(progress, self.t_min, self.t_max, self.t_schedule, self.generator))
+    # the denoiser interface (priors/distill.py): pixels in [-1, 1] at the oracle's resolution, float64
+
+    is_denoiser = True
+    acc_dtype = torch.float64
+
+    def model_input(self, images: Tensor, cams: Cameras) -> Tensor:
+        return resize(images, self.resolution) * 2.0 - 1.0
+
+    def timestep(self, progress: float) -> int:
+        return self._timestep(timestep_fraction(progress, self.t_min, self.t_max, self.t_schedule, self.generator))
+
+    def draw_noise(self, like: Tensor) -> Tensor:
+        return torch.randn(like.shape, generator=self.generator, dtype=torch.float64).to(self.device)
+
+    def condition(self, cams: Cameras, batch: int) -> Cameras:
+        return cams
+
+    def eps(self, x_t: Tensor, t: int, cond: Cameras) -> Tensor:
+        return self.eps_cfg(x_t, t, cond)
+
+    def eps_uncond(self, x_t: Tensor, t: int, cond: Cameras) -> Tensor:
         abar = self.alphas_cumprod[t]
-        noise = torch.randn(x.shape, generator=self.generator, dtype=torch.float64).to(self.device)
-        with torch.no_grad():
-            x_t = abar.sqrt() * x.detach().double() + (1 - abar).sqrt() * noise
-            grad = (1.0 - abar) * (self.eps_cfg(x_t, t, cams) - noise)
-        return sds_loss(x, grad.to(x.dtype))
+        (x0_u,) = self.denoise(x_t, t, self.log_weights(cond)[1])
+        return (x_t.double() - abar.sqrt() * x0_u) / (1.0 - abar).sqrt()
+
+    def sds(self, images: Tensor, cams: Cameras, progress: float) -> Tensor:
+        from .distill import sds
+
+        return sds(self, images, cams, progress)
 
     @torch.no_grad()
     def refine(self, images: Tensor, cams: Cameras, strength: float, steps: int, *,

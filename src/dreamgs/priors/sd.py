@@ -78,3 +78,18 @@ class StableDiffusionPrior(LatentDiffusionPrior):
         x_in = torch.cat([x_t, x_t])
         out = self._unet(x_in, self._timesteps(t, x_in.shape[0]), cond)
         return self._combine(out, x_in, t)
+
+    def eps_uncond(self, x_t: Tensor, t: int, cond: Tensor) -> Tensor:
+        x, n = x_t.to(self.dtype), x_t.shape[0]
+        return self.to_eps(self._unet(x, self._timesteps(t, n), cond[n:]), x, t)
+
+    # VSD's LoRA (priors/lora.py): the conditional branch with the view-independent prompt
+
+    def lora_condition(self, cams: Cameras, batch: int) -> Tensor:
+        if getattr(self, "plain_embedding", None) is None:
+            self.plain_embedding = (self.encode_text([self.prompt]) if self.view_dependent
+                                    else self.bucket_embeddings[:1])
+        return self.plain_embedding.expand(batch, -1, -1)
+
+    def lora_unet_call(self, x: Tensor, t: Tensor, cond: Tensor, class_labels: Tensor) -> Tensor:
+        return self.unet(x, t, encoder_hidden_states=cond, class_labels=class_labels, return_dict=False)[0]

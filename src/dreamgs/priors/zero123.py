@@ -221,3 +221,20 @@ class Zero123Prior(LatentDiffusionPrior):
         x_in = torch.cat([x_t, x_t])
         out = self._unet(torch.cat([x_in, concat], dim=1), self._timesteps(t, x_in.shape[0]), hidden)
         return self._combine(out, x_in, t)
+
+    def eps_uncond(self, x_t: Tensor, t: int, cond: tuple[Tensor, Tensor]) -> Tensor:
+        hidden, concat = cond
+        x, n = x_t.to(self.dtype), x_t.shape[0]
+        out = self._unet(torch.cat([x, concat[n:]], dim=1), self._timesteps(t, n), hidden[n:])
+        return self.to_eps(out, x, t)
+
+    # VSD's LoRA (priors/lora.py): the conditional branch (input view and relative camera)
+
+    def lora_condition(self, cams: Cameras, batch: int) -> tuple[Tensor, Tensor]:
+        hidden, concat = self.condition(cams, batch)
+        return hidden[:batch], concat[:batch]
+
+    def lora_unet_call(self, x: Tensor, t: Tensor, cond: tuple[Tensor, Tensor], class_labels: Tensor) -> Tensor:
+        hidden, concat = cond
+        return self.unet(torch.cat([x, concat], dim=1), t, encoder_hidden_states=hidden, class_labels=class_labels,
+                         return_dict=False)[0]
