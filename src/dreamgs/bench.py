@@ -134,12 +134,12 @@ def input_image(truth, cfg, path: Path) -> Path:
 # Methods: plain functions from a job to the exported model.glb
 
 
-def run_dreamgaussian(job: Job) -> Path:
+def run_dreamgaussian(job: Job, method: str = "dreamgaussian") -> Path:
     """DreamGaussian (this package's pipeline) on the job's oracle: stage 1, stage 2, exports."""
     from .pipeline import generate
 
     cfg, ov = job_config(job)
-    ov = ov + [f"device={job.device}"]
+    ov = ov + [f"device={job.device}"] + ([f"method={method}"] if method != "dreamgaussian" else [])
     if job.mode == "text":
         name = asset_label(job.asset)
         prompt = f"a {name}" if name.isalpha() else "an object"
@@ -152,7 +152,12 @@ def run_dreamgaussian(job: Job) -> Path:
     return res.files["glb"]
 
 
-METHODS: dict[str, MethodFn] = {"dreamgaussian": run_dreamgaussian}
+def run_dreamfusion(job: Job) -> Path:
+    """DreamFusion (``method=dreamfusion``: a NeRF with shading) through the same pipeline."""
+    return run_dreamgaussian(job, method="dreamfusion")
+
+
+METHODS: dict[str, MethodFn] = {"dreamgaussian": run_dreamgaussian, "dreamfusion": run_dreamfusion}
 
 
 # ------------------------------------------------------------------------------------------------

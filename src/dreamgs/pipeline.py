@@ -490,12 +490,12 @@ def _execute(run: _Run, ckpt, on_progress: ProgressFn | None, progress: bool, t_
     from .checkpoint import checkpoint_path, save_checkpoint
     from .config import to_dict
     from .errors import TrainingError
-    from .gaussians import save_ply
-    from .media import gaussian_render_fn, turntable
+    from .methods import get_method
     from .run import write_json
-    from .stage1 import Stage1, render_size
+    from .stage1 import render_size
 
     cfg, run_dir, prior = run.cfg, run.run_dir, run.prior
+    method = get_method(cfg.method)
     ckpt_file = checkpoint_path(run_dir)
     result = RunResult(run_dir, run.seed, {"config": run_dir / "config.yaml", "seed": run_dir / "seed.txt"})
     if (run_dir / "input_rgba.png").is_file():
@@ -505,10 +505,16 @@ def _execute(run: _Run, ckpt, on_progress: ProgressFn | None, progress: bool, t_
     with deterministic_algorithms(cfg.stage1.deterministic):
         try:
             t0 = time.perf_counter()
-            stage1 = Stage1(cfg, prior, run.ref, run.device)
+            stage1 = method.make_stage1(cfg, prior, run.ref, run.device)
             if ckpt is not None:
                 _restore(stage1, prior, ckpt)
-            if progress:  # the run's first lines: how long it will take here (timed with real steps), the preset
+            if progress and cfg.method != "dreamgaussian":
+                from .config import preset_line
+                from .progress import say
+
+                say(f"dreamgs: {cfg.mode} -> 3D with {cfg.method} on {run.device}")
+                say(preset_line(cfg))
+            elif progress:  # the run's first lines: how long it will take here (timed with real steps), the preset
                 from .config import preset_line
                 from .estimate import announce
                 from .progress import say
@@ -530,7 +536,7 @@ def _execute(run: _Run, ckpt, on_progress: ProgressFn | None, progress: bool, t_
                 info = {"stage": "stage1", "step": s1.step_count, "total": cfg.stage1.iters,
                         "loss": s1.last.get("loss"), "gaussians": len(s1.model)}
                 if s1.step_count % PREVIEW_EVERY == 0 or s1.step_count == cfg.stage1.iters:
-                    info["preview"] = preview_image(s1.model, cfg, azimuth=3.0 * s1.step_count)
+                    info["preview"] = method.preview(s1.model, cfg, azimuth=3.0 * s1.step_count)
                 on_progress(info)
 
             if ckpt is None or ckpt.stage == "stage1":
@@ -540,15 +546,17 @@ def _execute(run: _Run, ckpt, on_progress: ProgressFn | None, progress: bool, t_
             model = stage1.model.detach()
 
             phase = "outputs"
-            result.files["ply"] = save_ply(model, run_dir / "model.ply")
+            result.files.update(method.save_model(model, run_dir))
             if cfg.export.video:
                 t0 = time.perf_counter()
-                result.files["video_gaussians"] = turntable(
-                    gaussian_render_fn(model, backend=cfg.backend), run_dir / "gaussians.mp4",
-                    **_video_args(cfg, progress))
-                timings["video_gaussians"] = time.perf_counter() - t0
+                key, name = method.VIDEO_NAME
+                result.files[key] = method.video(model, cfg, run_dir / name, **_video_args(cfg, progress))
+                timings[key] = time.perf_counter() - t0
             summary = {"mode": cfg.mode, "prompt": cfg.prompt, "image": cfg.image, "seed": run.seed,
-                       "prior": prior.describe(), "device": str(run.device), "gaussians": len(model)}
+                       "prior": prior.describe(), "device": str(run.device), **method.summary(model)}
+            if cfg.method != "dreamgaussian":
+                summary["method"] = cfg.method
+                summary["stage1_last"] = {k: v for k, v in stage1.last.items()}
 
             if cfg.stage2.enabled:
                 phase = "stage2"
