@@ -238,3 +238,23 @@ def test_blob_nerf_meshes_to_a_sphere_through_the_shared_extraction():
     mesh = m.to_mesh(MeshConfig(grid_resolution=48, target_faces=0), 5.0)
     r = mesh.vertices.norm(dim=-1)
     assert float((r - r_exact).abs().max()) < 0.01
+
+
+def test_lit_oracle_references_shade_the_albedo_and_a_white_surface():
+    from dreamgs import assets
+    from dreamgs.priors.oracle import mesh_normal_fn, mesh_rgba_fn, render_references
+
+    mesh = assets.make_asset("mug")
+    fn = mesh_rgba_fn(mesh)
+    plain = render_references("mug", fn, (0.0,), 4, 2.5, 49.1, 24)
+    lit = render_references("mug", fn, (0.0,), 4, 2.5, 49.1, 24, shading="lit", normal_fn=mesh_normal_fn(mesh))
+    assert len(lit.images) == 3 * len(plain.images)
+    assert torch.equal(lit.images[0::6], plain.images[0::2]) and torch.equal(lit.images[1::6], plain.images[1::2])
+    over_black = (lit.images + 1) / 2
+    alb, lam, tl = over_black[1::6], over_black[3::6], over_black[5::6]
+    fg = alb.sum(1, keepdim=True) > 0.05
+    # Lambertian = albedo * shade with shade in [0.1, 1]: never brighter, never below a tenth
+    assert bool((lam <= alb + 1e-4).all()) and bool((lam[fg.expand_as(lam)] >= 0.1 * alb[fg.expand_as(alb)] - 1e-3).all())
+    # textureless is grey (equal channels) inside the silhouette
+    assert float((tl[:, 0] - tl[:, 1]).abs().max()) < 1e-5 and float(tl.max()) > 0.5
+    assert lit.elevation.shape[0] == len(lit.images) and lit.buckets[:6] == [plain.buckets[0]] * 6

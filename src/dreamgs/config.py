@@ -98,6 +98,9 @@ class PriorConfig:
     oracle_ring_step: float = 15.0  # degrees between reference rings
     oracle_max_elevation: float = 0.0  # text mode: highest reference ring (0 = eye level; + is below)
     oracle_resolution: int = 64
+    # oracle: albedo (unlit references) | lit (also Lambertian and textureless renders under random lights
+    # near the camera: shaded NeRF renders are in-distribution; DreamFusion's shading ablation)
+    oracle_shading: str = "albedo"
     oracle_camera_sigma: float = 0.1  # oracle: camera-kernel width (radians) for image conditioning
     # oracle, image mode: what the conditional knows at views the input does not show. "asset": the
     # input asset's references at every view (the back is read off). "family": the input asset only
@@ -568,6 +571,8 @@ def validate(cfg: Config) -> None:
     """Check value ranges that the types alone cannot express."""
     if cfg.mode not in ("text", "image"):
         raise ConfigError(f"mode: expected 'text' or 'image', got '{cfg.mode}'")
+    if cfg.prior.oracle_shading not in ("albedo", "lit"):
+        raise ConfigError(f"prior.oracle_shading: expected albedo or lit, got '{cfg.prior.oracle_shading}'")
     if cfg.method not in METHOD_NAMES:
         raise ConfigError(f"method: expected one of {', '.join(METHOD_NAMES)}, got '{cfg.method}'")
     n = cfg.nerf
