@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-VIDEO_MAX_SIZE = 128  # volume-rendered turntables are slow on a CPU
+VIDEO_MAX_SIZE = 64  # volume-rendered turntables are slow on a CPU (128 px: 3.5 min for 90 frames here)
 
 
 def make_stage1(cfg, prior, ref, device):
