@@ -35,6 +35,7 @@ def test_run_folder_holds_the_nerf_and_its_config(reference):
     assert not (run / CHECKPOINT_NAME).exists()
     assert "method: dreamfusion" in (run / "config.yaml").read_text()
     assert res.summary["method"] == "dreamfusion" and res.summary["nerf_parameters"] > 0
+    assert 0.0 <= res.summary["normals_facing_away"] <= 1.0
     m = load_nerf(run / "nerf.safetensors")
     assert m.spec.max_resolution == 16 and m.spec.levels == 2
 

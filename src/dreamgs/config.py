@@ -254,7 +254,7 @@ class NerfConfig:
     lambda_sparsity: float = 0.0  # mean sqrt(alpha^2 + 0.01)
     lambda_opaque: float = 0.0  # binary entropy of alpha
     mesh_threshold: float = 5.0  # density of the exported surface (marching cubes)
-    bake_samples: int = 128  # samples per ray for the stage-2 bake and videos
+    bake_samples: int = 64  # samples per ray for the stage-2 bake
 
 
 @dataclass

@@ -553,7 +553,7 @@ def _execute(run: _Run, ckpt, on_progress: ProgressFn | None, progress: bool, t_
                 result.files[key] = method.video(model, cfg, run_dir / name, **_video_args(cfg, progress))
                 timings[key] = time.perf_counter() - t0
             summary = {"mode": cfg.mode, "prompt": cfg.prompt, "image": cfg.image, "seed": run.seed,
-                       "prior": prior.describe(), "device": str(run.device), **method.summary(model)}
+                       "prior": prior.describe(), "device": str(run.device), **method.summary(model, cfg)}
             if cfg.method != "dreamgaussian":
                 summary["method"] = cfg.method
                 summary["stage1_last"] = {k: v for k, v in stage1.last.items()}

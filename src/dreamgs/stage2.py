@@ -45,6 +45,9 @@ def bake_from_gaussians(model: GaussianModel, mesh: Mesh, cfg: Config, batch: in
             out = render(model, cams[i:i + batch], background=torch.zeros(3, device=model.device),
                          backend=cfg.backend)
             rgb, alpha = out.rgb, out.alpha
+        elif hasattr(model, "render_rgba") and hasattr(cfg, "nerf"):  # the NeRF: its albedo, cfg's sampling
+            rgb, alpha = model.render_rgba(cams[i:i + batch].to(model.device), samples=cfg.nerf.bake_samples,
+                                           occupancy_threshold=cfg.nerf.occ_threshold)
         else:
             rgb, alpha = surface_renders(model, cams[i:i + batch])
         # Un-premultiply: colours of the surface, not mixed with the background at soft edges.

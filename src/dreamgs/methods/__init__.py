@@ -4,7 +4,7 @@ Each module names its representation, the stage-1 loop that trains it against th
 distillation rule is the prior's ``sds``), and its exports. The pipeline calls, for the run's
 method: ``make_stage1(cfg, prior, ref, device)``, ``save_model(model, run_dir)``,
 ``video(model, cfg, path, progress)``, ``preview(model, cfg, azimuth, size)`` and
-``summary(model)``; stage 2 (mesh, UVs, bake, refinement) is shared (:mod:`dreamgs.stage2`).
+``summary(model, cfg)``; stage 2 (mesh, UVs, bake, refinement) is shared (:mod:`dreamgs.stage2`).
 """
 
 from __future__ import annotations

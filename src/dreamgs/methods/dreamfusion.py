@@ -58,8 +58,19 @@ def preview(model, cfg, azimuth: float = 0.0, size: int = 64) -> np.ndarray:
     return (rgb * 255).round().byte().cpu().numpy()
 
 
-def summary(model) -> dict:
-    return {"nerf_parameters": len(model)}
+def summary(model, cfg=None) -> dict:
+    """Parameter count and the orientation check: the fraction of the rendering weight on normals
+    facing away from the camera, over 8 views around the object at elevation -15 (64 px)."""
+    from ..cameras import orbit_views
+
+    from ..config import Config
+
+    cfg = cfg or Config()
+    cams = orbit_views(8, -15.0, cfg.camera.radius, cfg.camera.fovy, 64, device=model.device)
+    with torch.no_grad():
+        out = model.render(cams, torch.ones(3, device=model.device), shading="textureless", light=cams.centers.cpu(),
+                           samples=cfg.nerf.samples, occupancy_threshold=cfg.nerf.occ_threshold)
+    return {"nerf_parameters": len(model), "normals_facing_away": round(float(out.facing_away), 4)}
 
 
 @torch.no_grad()

@@ -40,5 +40,5 @@ def preview(model, cfg, azimuth: float = 0.0, size: int = 128) -> np.ndarray:
     return preview_image(model, cfg, azimuth=azimuth, size=size)
 
 
-def summary(model) -> dict:
+def summary(model, cfg=None) -> dict:
     return {"gaussians": len(model)}
