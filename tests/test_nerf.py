@@ -258,3 +258,23 @@ def test_lit_oracle_references_shade_the_albedo_and_a_white_surface():
     # textureless is grey (equal channels) inside the silhouette
     assert float((tl[:, 0] - tl[:, 1]).abs().max()) < 1e-5 and float(tl.max()) > 0.5
     assert lit.elevation.shape[0] == len(lit.images) and lit.buckets[:6] == [plain.buckets[0]] * 6
+
+
+def test_both_representations_satisfy_the_seam():
+    from dreamgs.config import GaussianConfig, MeshConfig
+    from dreamgs.gaussians import GaussianModel, make_optimizer
+    from dreamgs.representations.base import Representation, surface_renders
+
+    gs = GaussianModel.random_ball(200, 0.4, opacity=0.5, generator=torch.Generator().manual_seed(0))
+    nerf = blob_field()
+    assert isinstance(gs, Representation) and isinstance(nerf, Representation)
+    # the Gaussians' groups are make_optimizer's (same names and learning rates)
+    opt = make_optimizer(gs, GaussianConfig(), 10.0, fused=False)
+    assert [(g["name"], g["lr"]) for g in opt.param_groups] == [
+        (g["name"], g["lr"]) for g in gs.param_groups(GaussianConfig(), 10.0)]
+    cams = make_cameras(0.0, 0.0, 2.5, 49.1, 16)
+    for model in (gs, nerf):
+        rgb, alpha = surface_renders(model, cams)
+        assert rgb.shape == (1, 16, 16, 3) and alpha.shape == (1, 16, 16, 1) and float(alpha.max()) > 0.5
+    assert nerf.to_mesh(MeshConfig(grid_resolution=24, target_faces=0), 5.0).num_faces > 0
+    assert gs.to_mesh(MeshConfig(grid_resolution=24, target_faces=0), 0.5).num_faces > 0

@@ -7,15 +7,16 @@ need of it:
   ``param_groups(...)``: Adam groups, one named group per tensor, with their learning rates;
 - ``render(cams, background, shading)``: colour, alpha, depth (and the NeRF's normals) per
   camera; stage 2 bakes from ``render_rgba(cams)`` (premultiplied colour, alpha);
-- ``densify(step)``: an optional structural update (Gaussians: split/clone/prune on the
-  trainer's schedule; the NeRF: none, its occupancy grid is refreshed by its stage);
+- optionally a structural update (Gaussians: split/clone/prune, driven by
+  :class:`dreamgs.train.GaussianTrainer` from its gradient statistics; the NeRF: none, its
+  occupancy grid is refreshed by its stage);
 - ``to_mesh(mesh_cfg, threshold, timings)``: the surface for stage 2 (a density grid through the
   shared marching cubes and clean-up in :mod:`dreamgs.mesh.extract`).
 
-The Gaussian model keeps its own functions (:func:`dreamgs.render.render`,
-:func:`dreamgs.gaussians.make_optimizer`, :func:`dreamgs.mesh.extract.extract_mesh`), which
-stage 2 calls for it, so its numbers are unchanged; :func:`surface_renders` and
-:func:`to_mesh` pick the right one.
+:class:`~dreamgs.gaussians.GaussianModel`'s methods call the functions the Gaussian path has
+always used (:func:`dreamgs.render.render`, :func:`dreamgs.gaussians.make_optimizer`'s groups,
+:func:`dreamgs.mesh.extract.extract_mesh`), so its numbers are unchanged;
+:class:`~dreamgs.representations.nerf.NerfModel` implements them for the NeRF.
 """
 
 from __future__ import annotations
@@ -39,19 +40,15 @@ class Representation(Protocol):
 
     def render_rgba(self, cams: Cameras) -> tuple[Tensor, Tensor]: ...
 
-    def param_groups(self, *lrs: float) -> list[dict]: ...
-
-    def densify(self, step: int) -> None: ...
+    def param_groups(self, *args) -> list[dict]: ...
 
     def to_mesh(self, cfg, threshold: float, timings: dict | None = None): ...
 
 
 def surface_renders(model, cams: Cameras, backend: str = "auto") -> tuple[Tensor, Tensor]:
     """Premultiplied colour (C, H, W, 3) and alpha (C, H, W, 1) of ``model`` over black, no gradient."""
-    if hasattr(model, "render_rgba"):
-        return model.render_rgba(cams.to(model.device))
-    from ..render import render
+    from ..gaussians import GaussianModel
 
-    with torch.no_grad():
-        out = render(model, cams, background=torch.zeros(3, device=model.device), backend=backend)
-    return out.rgb, out.alpha
+    if isinstance(model, GaussianModel):
+        return model.render_rgba(cams, backend=backend)
+    return model.render_rgba(cams.to(model.device))

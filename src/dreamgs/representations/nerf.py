@@ -125,9 +125,6 @@ class NerfModel:
         return [{"params": [p], "name": k, "lr": lr_grid if k.startswith("grid") else lr_mlp}
                 for k, p in self.params.items()]
 
-    def densify(self, step: int) -> None:  # no densification; the occupancy grid is refreshed by the trainer
-        return None
-
     # -- the field --------------------------------------------------------------------------------
 
     def encode(self, x: Tensor, with_jacobian: bool = False) -> tuple[Tensor, Tensor | None]:
