@@ -76,6 +76,16 @@ def test_dreamfusion_exports_a_textured_glb_through_stage2(tmp_path):
     assert mesh.vertices.abs().max() <= 0.75 + 1e-4  # inside the field's box
 
 
+def test_dreamgs_mesh_meshes_a_dreamfusion_run_folder(reference, tmp_path):
+    from dreamgs.pipeline import mesh_from
+
+    run, _ = reference
+    res = mesh_from(run, out_dir=tmp_path / "mesh", progress=False,
+                    overrides=["stage2.iters=0", "mesh.grid_resolution=24", "texture.size=64", "texture.bake_views=2",
+                               "texture.bake_resolution=24", "export.obj=false", "nerf.mesh_threshold=1.0"])
+    assert res.files["glb"].is_file() and res.summary["mesh_faces"] > 0
+
+
 def test_method_is_checked_and_the_preset_fills_unset_keys():
     with pytest.raises(ConfigError, match="method: expected one of dreamgaussian, dreamfusion"):
         load_config("text", None, ["method=nerf"])

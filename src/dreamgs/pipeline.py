@@ -114,9 +114,10 @@ def mesh_from(source: str | Path, *, config: str | Path | None = None, overrides
     src = Path(source)
     t_start = time.perf_counter()
     transform = None
+    nerf_file = src / "nerf.safetensors" if src.is_dir() else None
     if src.is_dir():
-        if not (src / "config.yaml").is_file() or not (src / "model.ply").is_file():
-            raise InputError(f"{src}: not a dreamgs run folder (needs config.yaml and model.ply)")
+        if not (src / "config.yaml").is_file() or not ((src / "model.ply").is_file() or nerf_file.is_file()):
+            raise InputError(f"{src}: not a dreamgs run folder (needs config.yaml and model.ply or nerf.safetensors)")
         try:
             cfg = from_dict(yaml.safe_load((src / "config.yaml").read_text(encoding="utf-8")) or {})
         except yaml.YAMLError as e:
@@ -136,7 +137,12 @@ def mesh_from(source: str | Path, *, config: str | Path | None = None, overrides
     else:
         raise InputError(f"{src}: expected a run folder or a 3DGS .ply file")
     device = resolve_device(cfg.device)
-    model = load_ply(model_path, device=device)
+    if nerf_file is not None and not model_path.is_file():  # a --method dreamfusion run
+        from .representations.nerf import load_nerf
+
+        model = load_nerf(nerf_file, device=device)
+    else:
+        model = load_ply(model_path, device=device)
     if not src.is_dir():
         model, centre, scale = normalize_gaussians(model)
         transform = (centre, scale)
