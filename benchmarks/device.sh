@@ -4,7 +4,8 @@
 #     bash benchmarks/device.sh STEP [STEP ...]
 #
 # Steps: env, gsplat (JIT-compile gsplat's CUDA code), render, quality, models, prior, compile, mesh,
-# pipeline, resume, turntable, mvdream, mvdream-pipeline, distill-speed; bench-ci, bench-distill, bench-hard, bench-hard-mv, bench-full, preview-dev, preview-ablate, fidelity (docs/quality.md,
+# pipeline, resume, turntable, mvdream, mvdream-pipeline, distill-speed, dreamfusion; bench-ci, bench-distill,
+# bench-dreamfusion, bench-hard, bench-hard-mv, bench-full, preview-dev, preview-ablate, fidelity (docs/quality.md,
 # docs/fidelity.md: their reports are packed into $OUT/reports.tar.gz). Each step's output goes to $OUT/<step>.log (default OUT=/tmp/out).
 # The machine has torch but not our other dependencies: they travel as wheels in .whl/ (not
 # committed; docs/benchmarks.md lists them) and are installed into /tmp/site once per machine.
@@ -82,6 +83,23 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
                     prior.distill=$r &
             done; done
             wait ;;
+        dreamfusion)  # issue 16: DreamFusion's step on the GPU (full-size random SD 2.1-base, hash-grid field)
+            [ -f $MODELS/sd/model_index.json ] || python3 benchmarks/full_size_models.py --out $MODELS/sd --which sd --device cuda
+            python3 benchmarks/nerf_speed.py --model $MODELS/sd --device cuda --field gpu --size 64
+            python3 benchmarks/nerf_speed.py --model $MODELS/sd --device cuda --field gpu --size 128
+            python3 benchmarks/nerf_speed.py --device cuda --prior oracle --field cpu ;;
+        bench-dreamfusion)  # issue 16: dreamgaussian beside dreamfusion on the test split at CI size (text),
+            # then the shading ablation with the lit oracle: shading + textureless vs albedo only, equal steps
+            export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+            python3 -m dreamgs.cli bench --methods dreamgaussian,dreamfusion --assets test --seeds ${SEEDS:-2} \
+                --mode text --device cuda --jobs ${JOBS:-8} --config benchmarks/ci_size.yaml \
+                --out /tmp/reports/bench-dreamfusion-text
+            python3 -m dreamgs.cli bench --methods dreamfusion --assets test --seeds ${SEEDS:-2} --mode text \
+                --device cuda --jobs ${JOBS:-8} --no-baselines --out /tmp/reports/ablate-df-shading \
+                prior.oracle_shading=lit
+            python3 -m dreamgs.cli bench --methods dreamfusion --assets test --seeds ${SEEDS:-2} --mode text \
+                --device cuda --jobs ${JOBS:-8} --no-baselines --out /tmp/reports/ablate-df-albedo \
+                prior.oracle_shading=lit nerf.albedo_prob=1.0 ;;
         bench-ci)  # the test split at CI size, text and image (MODES; docs/quality.md)
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
             for m in ${MODES:-text image}; do

@@ -61,7 +61,7 @@ def test_small_bench_orders_baselines_and_catches_a_broken_method(tmp_path):
     print("\n" + (tmp_path / "bench.md").read_text())
     # the baselines are ordered as they must be
     assert base["truth"]["psnr_masked"] > max(b["psnr_masked"] for n, b in base.items() if n != "truth")
-    assert base["turned30"]["psnr_masked"] < base["turned15"]["psnr_masked"]
+    assert base["turned30"]["psnr_masked"] < base["turned20"]["psnr_masked"] < base["turned15"]["psnr_masked"]
     assert abs(base["turned15"]["pose_offset_deg"] - 15) <= 3 and abs(base["turned30"]["pose_offset_deg"] - 30) <= 3
     assert abs(base["truth"]["pose_offset_deg"]) <= 1 and base["truth"]["chamfer_pct"] == 0.0
     assert 0 < base["turned15"]["chamfer_pct"] < base["turned30"]["chamfer_pct"]

@@ -135,6 +135,8 @@ def _flatten_trainer(state: dict) -> tuple[dict[str, Tensor], dict]:
         "numpy_rng": [str(kind), int(pos), int(has_gauss), float(cached)],
         "python_rng": [int(version), [int(x) for x in py_state], gauss_next],
     }
+    if state.get("representation", "gaussians") != "gaussians":  # a NeRF (stage1_nerf.NerfTrainer)
+        meta["representation"] = state["representation"]
     return tensors, meta
 
 
@@ -262,6 +264,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     except (KeyError, TypeError, ValueError) as e:
         raise _bad(path, f"incomplete trainer state: {e}") from None
     params = state["params"]
+    if ckpt.meta["trainer"].get("representation", "gaussians") != "gaussians":
+        _check_named_tensors(path, state, ckpt.step)
+        return ckpt
     if sorted(params) != sorted(PARAM_NAMES):
         raise _bad(path, f"Gaussian parameters {sorted(params)}")
     n = params["means"].shape[0]
@@ -277,6 +282,22 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise _bad(path, "inconsistent step counts")
     _check_rng(path, state)
     return ckpt
+
+
+def _check_named_tensors(path: Path, state: dict, step: int) -> None:
+    """A NeRF checkpoint: float tensors, Adam states shaped like their tensors, sane RNG states
+    (the field's own shapes are checked against the config when the trainer loads it)."""
+    for name, t in state["params"].items():
+        if not t.is_floating_point():
+            raise _bad(path, f"tensor '{name}' is {t.dtype}")
+        for key, v in state["optimizer"].get(name, {}).items():
+            if v.dim() > 0 and v.shape != t.shape:
+                raise _bad(path, f"optimizer state '{name}.{key}' does not match its tensor")
+    if state["step"] != step:
+        raise _bad(path, "inconsistent step counts")
+    if "occupancy" not in state["params"]:
+        raise _bad(path, "NeRF state without its occupancy grid")
+    _check_rng(path, state)
 
 
 def _check_rng(path: Path, state: dict) -> None:

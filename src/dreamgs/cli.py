@@ -25,6 +25,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", metavar="NAME", help="dreamgaussian (default: 3D Gaussians) | dreamfusion (a NeRF "
+                                                    "with shading); same as method=NAME")
     p.add_argument("--prior", metavar="KIND",
                    help="sd | zero123 | stable-zero123 | mvdream | imagedream | oracle | oracle:ASSET_OR_FILE "
                         "| oracle-mv[:ASSET_OR_FILE] (oracle = the built-in exact prior, works offline; "
@@ -63,6 +65,8 @@ def _add_image(sub) -> None:
 
 def _generation_overrides(args) -> list[str]:
     ov = []
+    if getattr(args, "method", None):
+        ov.append(f"method={args.method}")
     if args.prior:
         kind, _, asset = args.prior.partition(":")
         ov.append(f"prior.kind={kind}")
@@ -149,6 +153,8 @@ def _cmd_mesh(args) -> int:
     from .pipeline import mesh_from
 
     ov = []
+    if getattr(args, "method", None):
+        ov.append(f"method={args.method}")
     if args.prior:
         kind, _, asset = args.prior.partition(":")
         ov.append(f"prior.kind={kind}")

@@ -103,6 +103,9 @@ class PriorConfig:
     oracle_ring_step: float = 15.0  # degrees between reference rings
     oracle_max_elevation: float = 0.0  # text mode: highest reference ring (0 = eye level; + is below)
     oracle_resolution: int = 64
+    # oracle: albedo (unlit references) | lit (also Lambertian and textureless renders under random lights
+    # near the camera: shaded NeRF renders are in-distribution; DreamFusion's shading ablation)
+    oracle_shading: str = "albedo"
     oracle_camera_sigma: float = 0.1  # oracle: camera-kernel width (radians) for image conditioning
     # oracle, image mode: what the conditional knows at views the input does not show. "asset": the
     # input asset's references at every view (the back is read off). "family": the input asset only
@@ -245,7 +248,45 @@ class FitConfig:
 
 
 @dataclass
+class NerfConfig:
+    """DreamFusion's NeRF (``method=dreamfusion``; representations/nerf.py, methods/dreamfusion.py)."""
+
+    bound: float = 0.75  # the field lives in the box [-bound, bound]^3 (assets fit a radius-0.5 sphere)
+    levels: int = 6  # grid levels from base_resolution to max_resolution (geometric)
+    base_resolution: int = 16
+    max_resolution: int = 96
+    features: int = 2  # per level
+    log2_table: int = 19  # levels with more than 2^log2_table lattice points are hashed
+    hidden: int = 32  # MLP width
+    blob_scale: float = 10.0  # density bias blob_scale * (1 - |x| / blob_std) (threestudio's blob_magic3d)
+    blob_std: float = 0.5
+    samples: int = 64  # stratified samples per ray
+    occ_resolution: int = 32  # occupancy grid cells per axis
+    occ_every: int = 16  # steps between occupancy refreshes
+    occ_threshold: float = 0.2  # density below which a cell counts as empty (alpha ~0.005 over a sample step)
+    lr_grid: float = 0.01
+    lr_mlp: float = 0.001
+    # shading (DreamFusion): albedo only for the first ambient_only_steps, then albedo with
+    # albedo_prob, else textureless with textureless_prob, else Lambertian
+    ambient_only_fraction: float = 0.2  # of stage1.iters (threestudio: 2000 of 10000 steps)
+    albedo_prob: float = 0.25
+    textureless_prob: float = 0.5
+    ambient: float = 0.1
+    diffuse: float = 0.9
+    light_distance_range: tuple[float, float] = (1.6, 3.0)  # DreamFusion's 0.8-1.5 at its camera scale x 2
+    light_perturb: float = 1.0  # std of the Gaussian added to the camera position for the light direction
+    background: str = "random"  # random (white or black, stage1.white_background_prob) | mlp (of view direction)
+    lambda_orient: float = 1000.0  # orientation loss weight (ramped up linearly over orient_warmup)
+    orient_warmup: float = 0.5  # fraction of stage1.iters over which the orientation weight ramps up
+    lambda_sparsity: float = 0.0  # mean sqrt(alpha^2 + 0.01)
+    lambda_opaque: float = 0.0  # binary entropy of alpha
+    mesh_threshold: float = 5.0  # density of the exported surface (marching cubes)
+    bake_samples: int = 64  # samples per ray for the stage-2 bake
+
+
+@dataclass
 class Config:
+    method: str = "dreamgaussian"  # dreamgaussian | dreamfusion (dreamgs.methods.METHODS)
     mode: str = "text"  # text | image
     preset: str = "auto"  # auto | preview | full: sizes for the device and prior (see preview_values)
     prompt: str = ""
@@ -269,6 +310,7 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     prep: PrepConfig = field(default_factory=PrepConfig)
     fit: FitConfig = field(default_factory=FitConfig)
+    nerf: NerfConfig = field(default_factory=NerfConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -444,9 +486,41 @@ def load_config(
         apply_override(cfg, ov)
         user_keys.add(ov.split("=", 1)[0].strip())
     validate(cfg)
+    apply_method_preset(cfg, user_keys)
     apply_size_preset(cfg, user_keys)
     validate(cfg)
     return cfg
+
+
+METHOD_NAMES = ("dreamgaussian", "dreamfusion")
+
+
+def method_preset(method: str) -> dict:
+    """The packaged YAML of a method's own settings (``configs/method_<name>.yaml``; none for
+    DreamGaussian, whose settings are the defaults)."""
+    f = resources.files("dreamgs").joinpath("configs", f"method_{method}.yaml")
+    return (yaml.safe_load(f.read_text(encoding="utf-8")) or {}) if f.is_file() else {}
+
+
+def apply_method_preset(cfg: Config, user_keys: typing.Collection[str] = ()) -> None:
+    """Set the method preset's values for the keys that the user did not set."""
+    data = method_preset(cfg.method)
+    keep = {k: v for k, v in _flat_items(data).items() if k not in user_keys}
+    for key, value in keep.items():
+        apply_override(cfg, f"{key}={_as_override(value)}")
+
+
+def _flat_items(data: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for k, v in data.items():
+        out.update(_flat_items(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _as_override(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return str(value)
 
 
 def _flat_keys(data: dict, prefix: str = "") -> set[str]:
@@ -524,6 +598,21 @@ def validate(cfg: Config) -> None:
     """Check value ranges that the types alone cannot express."""
     if cfg.mode not in ("text", "image"):
         raise ConfigError(f"mode: expected 'text' or 'image', got '{cfg.mode}'")
+    if cfg.prior.oracle_shading not in ("albedo", "lit"):
+        raise ConfigError(f"prior.oracle_shading: expected albedo or lit, got '{cfg.prior.oracle_shading}'")
+    if cfg.method not in METHOD_NAMES:
+        raise ConfigError(f"method: expected one of {', '.join(METHOD_NAMES)}, got '{cfg.method}'")
+    n = cfg.nerf
+    if n.background not in ("random", "mlp"):
+        raise ConfigError(f"nerf.background: expected random or mlp, got '{n.background}'")
+    if n.samples < 2 or n.levels < 1 or n.features < 1 or n.hidden < 1 or n.occ_resolution < 2 or n.occ_every < 1:
+        raise ConfigError("nerf.samples, levels, features, hidden, occ_resolution and occ_every must be positive "
+                          "(samples and occ_resolution at least 2)")
+    if n.bound <= 0 or n.blob_std <= 0 or not 2 <= n.base_resolution <= n.max_resolution:
+        raise ConfigError("nerf.bound and nerf.blob_std must be positive and 2 <= base_resolution <= max_resolution")
+    for name in ("albedo_prob", "textureless_prob", "ambient_only_fraction", "orient_warmup"):
+        if not 0.0 <= getattr(n, name) <= 1.0:
+            raise ConfigError(f"nerf.{name} must be within [0, 1]")
     if cfg.preset not in ("auto", "preview", "full"):
         raise ConfigError(f"preset: expected auto, preview or full, got '{cfg.preset}'")
     if cfg.backend not in ("auto", "gsplat", "torch"):

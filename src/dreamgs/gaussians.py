@@ -230,6 +230,37 @@ class GaussianModel:
     def bounds(self) -> tuple[Tensor, Tensor]:
         return self.means.detach().amin(0), self.means.detach().amax(0)
 
+    # -- the representation seam (representations/base.py); densification lives in train.py --------
+
+    def render(self, cams, background=None, shading: str = "albedo", backend: str = "auto"):
+        """:func:`dreamgs.render.render` (the Gaussians carry their colour; ``shading`` is albedo only)."""
+        from .render import render
+
+        if shading != "albedo":
+            raise ValueError("Gaussians are rendered unlit (shading='albedo')")
+        return render(self, cams, background=background, backend=backend)
+
+    def render_rgba(self, cams, backend: str = "auto") -> tuple[Tensor, Tensor]:
+        """Premultiplied colour and alpha over black, no gradient."""
+        with torch.no_grad():
+            out = self.render(cams, torch.zeros(3, device=self.device), backend=backend)
+        return out.rgb, out.alpha
+
+    def param_groups(self, cfg, spatial_scale: float = 1.0) -> list[dict]:
+        """One named Adam group per parameter, learning rates from a GaussianConfig."""
+        lrs = param_lrs(cfg, spatial_scale)
+        return [{"params": [self.params[k]], "lr": lrs[k], "name": k} for k in PARAM_NAMES]
+
+    def to_mesh(self, cfg, threshold: float | None = None, timings: dict | None = None):
+        """:func:`dreamgs.mesh.extract.extract_mesh` (at ``threshold``, default ``cfg.density_threshold``)."""
+        import dataclasses
+
+        from .mesh.extract import extract_mesh
+
+        if threshold is not None:
+            cfg = dataclasses.replace(cfg, density_threshold=threshold)
+        return extract_mesh(self, cfg, timings=timings)
+
 
 # ------------------------------------------------------------------------------------------------
 # Optimiser and learning-rate schedule
@@ -243,11 +274,9 @@ def log_linear(step: int, lr_init: float, lr_final: float, max_steps: int) -> fl
     return math.exp(math.log(lr_init) * (1 - t) + math.log(lr_final) * t)
 
 
-def make_optimizer(model: GaussianModel, cfg, spatial_scale: float = 1.0, fused: bool | None = None
-                   ) -> torch.optim.Adam:
-    """Adam with one parameter group per parameter, learning rates from a GaussianConfig."""
-    model.requires_grad_(True)
-    lrs = {
+def param_lrs(cfg, spatial_scale: float = 1.0) -> dict[str, float]:
+    """Initial learning rate of each Gaussian parameter from a GaussianConfig."""
+    return {
         "means": cfg.lr_position_init * spatial_scale,
         "scales": cfg.lr_scale,
         "quats": cfg.lr_rotation,
@@ -255,7 +284,13 @@ def make_optimizer(model: GaussianModel, cfg, spatial_scale: float = 1.0, fused:
         "sh0": cfg.lr_color,
         "shN": cfg.lr_color / 20.0,
     }
-    groups = [{"params": [model.params[k]], "lr": lrs[k], "name": k} for k in PARAM_NAMES]
+
+
+def make_optimizer(model: GaussianModel, cfg, spatial_scale: float = 1.0, fused: bool | None = None
+                   ) -> torch.optim.Adam:
+    """Adam with one parameter group per parameter, learning rates from a GaussianConfig."""
+    model.requires_grad_(True)
+    groups = model.param_groups(cfg, spatial_scale)
     kwargs = {}
     if fused is None:
         fused = model.device.type == "cuda" and getattr(cfg, "fused_adam", True)

@@ -114,9 +114,10 @@ def mesh_from(source: str | Path, *, config: str | Path | None = None, overrides
     src = Path(source)
     t_start = time.perf_counter()
     transform = None
+    nerf_file = src / "nerf.safetensors" if src.is_dir() else None
     if src.is_dir():
-        if not (src / "config.yaml").is_file() or not (src / "model.ply").is_file():
-            raise InputError(f"{src}: not a dreamgs run folder (needs config.yaml and model.ply)")
+        if not (src / "config.yaml").is_file() or not ((src / "model.ply").is_file() or nerf_file.is_file()):
+            raise InputError(f"{src}: not a dreamgs run folder (needs config.yaml and model.ply or nerf.safetensors)")
         try:
             cfg = from_dict(yaml.safe_load((src / "config.yaml").read_text(encoding="utf-8")) or {})
         except yaml.YAMLError as e:
@@ -136,7 +137,12 @@ def mesh_from(source: str | Path, *, config: str | Path | None = None, overrides
     else:
         raise InputError(f"{src}: expected a run folder or a 3DGS .ply file")
     device = resolve_device(cfg.device)
-    model = load_ply(model_path, device=device)
+    if nerf_file is not None and not model_path.is_file():  # a --method dreamfusion run
+        from .representations.nerf import load_nerf
+
+        model = load_nerf(nerf_file, device=device)
+    else:
+        model = load_ply(model_path, device=device)
     if not src.is_dir():
         model, centre, scale = normalize_gaussians(model)
         transform = (centre, scale)
@@ -491,12 +497,12 @@ def _execute(run: _Run, ckpt, on_progress: ProgressFn | None, progress: bool, t_
     from .checkpoint import checkpoint_path, save_checkpoint
     from .config import to_dict
     from .errors import TrainingError
-    from .gaussians import save_ply
-    from .media import gaussian_render_fn, turntable
+    from .methods import get_method
     from .run import write_json
-    from .stage1 import Stage1, render_size
+    from .stage1 import render_size
 
     cfg, run_dir, prior = run.cfg, run.run_dir, run.prior
+    method = get_method(cfg.method)
     ckpt_file = checkpoint_path(run_dir)
     result = RunResult(run_dir, run.seed, {"config": run_dir / "config.yaml", "seed": run_dir / "seed.txt"})
     if (run_dir / "input_rgba.png").is_file():
@@ -506,10 +512,16 @@ def _execute(run: _Run, ckpt, on_progress: ProgressFn | None, progress: bool, t_
     with deterministic_algorithms(cfg.stage1.deterministic):
         try:
             t0 = time.perf_counter()
-            stage1 = Stage1(cfg, prior, run.ref, run.device)
+            stage1 = method.make_stage1(cfg, prior, run.ref, run.device)
             if ckpt is not None:
                 _restore(stage1, prior, ckpt)
-            if progress:  # the run's first lines: how long it will take here (timed with real steps), the preset
+            if progress and cfg.method != "dreamgaussian":
+                from .config import preset_line
+                from .progress import say
+
+                say(f"dreamgs: {cfg.mode} -> 3D with {cfg.method} on {run.device}")
+                say(preset_line(cfg))
+            elif progress:  # the run's first lines: how long it will take here (timed with real steps), the preset
                 from .config import preset_line
                 from .estimate import announce
                 from .progress import say
@@ -531,7 +543,7 @@ def _execute(run: _Run, ckpt, on_progress: ProgressFn | None, progress: bool, t_
                 info = {"stage": "stage1", "step": s1.step_count, "total": cfg.stage1.iters,
                         "loss": s1.last.get("loss"), "gaussians": len(s1.model)}
                 if s1.step_count % PREVIEW_EVERY == 0 or s1.step_count == cfg.stage1.iters:
-                    info["preview"] = preview_image(s1.model, cfg, azimuth=3.0 * s1.step_count)
+                    info["preview"] = method.preview(s1.model, cfg, azimuth=3.0 * s1.step_count)
                 on_progress(info)
 
             if ckpt is None or ckpt.stage == "stage1":
@@ -541,15 +553,17 @@ def _execute(run: _Run, ckpt, on_progress: ProgressFn | None, progress: bool, t_
             model = stage1.model.detach()
 
             phase = "outputs"
-            result.files["ply"] = save_ply(model, run_dir / "model.ply")
+            result.files.update(method.save_model(model, run_dir))
             if cfg.export.video:
                 t0 = time.perf_counter()
-                result.files["video_gaussians"] = turntable(
-                    gaussian_render_fn(model, backend=cfg.backend), run_dir / "gaussians.mp4",
-                    **_video_args(cfg, progress))
-                timings["video_gaussians"] = time.perf_counter() - t0
+                key, name = method.VIDEO_NAME
+                result.files[key] = method.video(model, cfg, run_dir / name, **_video_args(cfg, progress))
+                timings[key] = time.perf_counter() - t0
             summary = {"mode": cfg.mode, "prompt": cfg.prompt, "image": cfg.image, "seed": run.seed,
-                       "prior": prior.describe(), "device": str(run.device), "gaussians": len(model)}
+                       "prior": prior.describe(), "device": str(run.device), **method.summary(model, cfg)}
+            if cfg.method != "dreamgaussian":
+                summary["method"] = cfg.method
+                summary["stage1_last"] = {k: v for k, v in stage1.last.items()}
 
             if cfg.stage2.enabled:
                 phase = "stage2"

@@ -32,16 +32,26 @@ from .train import finite_and_floats
 
 @torch.no_grad()
 def bake_from_gaussians(model: GaussianModel, mesh: Mesh, cfg: Config, batch: int = 4) -> torch.Tensor:
-    """A texture for ``mesh`` (S, S, 3) baked from renders of ``model`` around the sphere."""
+    """A texture for ``mesh`` (S, S, 3) baked from renders of ``model`` around the sphere (the
+    Gaussians, or any representation with ``render_rgba``: the NeRF's albedo)."""
     from .mesh.texture import bake, mesh_depths
+    from .representations.base import surface_renders
 
     tc = cfg.texture
     cams = sphere_views(tc.bake_views, cfg.camera.radius, cfg.camera.fovy, tc.bake_resolution, device=model.device)
     images = []
     for i in range(0, len(cams), batch):
-        out = render(model, cams[i:i + batch], background=torch.zeros(3, device=model.device), backend=cfg.backend)
+        if isinstance(model, GaussianModel):
+            out = render(model, cams[i:i + batch], background=torch.zeros(3, device=model.device),
+                         backend=cfg.backend)
+            rgb, alpha = out.rgb, out.alpha
+        elif hasattr(model, "render_rgba") and hasattr(cfg, "nerf"):  # the NeRF: its albedo, cfg's sampling
+            rgb, alpha = model.render_rgba(cams[i:i + batch].to(model.device), samples=cfg.nerf.bake_samples,
+                                           occupancy_threshold=cfg.nerf.occ_threshold)
+        else:
+            rgb, alpha = surface_renders(model, cams[i:i + batch])
         # Un-premultiply: colours of the surface, not mixed with the background at soft edges.
-        images.append(torch.where(out.alpha > 1e-3, out.rgb / out.alpha.clamp_min(1e-3), out.rgb).clamp(0, 1))
+        images.append(torch.where(alpha > 1e-3, rgb / alpha.clamp_min(1e-3), rgb).clamp(0, 1))
     images = torch.cat(images)
     depths = mesh_depths(mesh, cams)
     texture, _ = bake(mesh, cams, images, depths, tc.size, tc.cos_threshold)
@@ -149,7 +159,10 @@ def run_stage2(model: GaussianModel, prior: Prior | None, cfg: Config, ref=None,
     timings = {} if timings is None else timings
     t = time.perf_counter()
     with phase("stage 2: extracting the mesh", f"{cfg.mesh.grid_resolution}^3 density grid", progress):
-        mesh = extract_mesh(model, cfg.mesh, timings=timings)
+        if isinstance(model, GaussianModel):
+            mesh = extract_mesh(model, cfg.mesh, timings=timings)
+        else:  # another representation (the NeRF): its density through the same marching cubes
+            mesh = model.to_mesh(cfg.mesh, cfg.nerf.mesh_threshold, timings)
         t = _lap(timings, "extract", t)
     with phase("stage 2: unwrapping UVs", f"{mesh.num_faces} faces", progress):
         mesh = unwrap(mesh, resolution=cfg.texture.size, max_piece_faces=cfg.texture.unwrap_piece_faces)

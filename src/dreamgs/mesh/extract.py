@@ -565,20 +565,36 @@ def extract_mesh(model: GaussianModel, cfg: MeshConfig | None = None,
     the opacity threshold or its density never reaches the threshold. ``timings``, if given,
     receives the seconds spent in each step (density_grid, marching_cubes, cleanup, decimate).
     """
-    import mcubes
-
     cfg = cfg or MeshConfig()
     device = model.device
     t = time.perf_counter()
     grid = density_grid(model, resolution=cfg.grid_resolution, block_size=cfg.block_size,
                         opacity_threshold=cfg.opacity_threshold, margin=cfg.grid_margin,
                         min_sigma=cfg.min_sigma, colors=cfg.vertex_colors)
-    t = _lap(timings, "density_grid", t, device)
+    _lap(timings, "density_grid", t, device)
+    mesh = mesh_from_grid(grid, cfg, float(cfg.density_threshold), timings, "mesh.density_threshold")
+    t = time.perf_counter()
+    if cfg.vertex_colors:
+        mesh.vertex_colors = grid.sample_colors(mesh.vertices).float()
+        _lap(timings, "vertex_colors", t, device)
+    return mesh
+
+
+def mesh_from_grid(grid: DensityGrid, cfg: MeshConfig, threshold: float,
+                   timings: dict[str, float] | None = None, threshold_key: str = "the threshold") -> Mesh:
+    """The surface ``density = threshold`` of a sampled density grid, cleaned as
+    :func:`extract_mesh` describes (cavities filled, marching cubes on the zero-padded grid, world
+    coordinates, clean-up, decimation, clean-up). Any representation with a density (the
+    Gaussians, the NeRF) goes through here."""
+    import mcubes
+
+    device = grid.values.device
+    t = time.perf_counter()
     values = np.pad(grid.values.double().cpu().numpy(), 1)
-    thr = float(cfg.density_threshold)
+    thr = float(threshold)
     if not (values > thr).any():
         raise InputError(f"the model is empty: its density (max {values.max():.3g}) never reaches "
-                         f"mesh.density_threshold={thr:g}")
+                         f"{threshold_key}={thr:g}")
     if cfg.fill_cavities:
         values = fill_cavities(values, thr)
     verts, faces = mcubes.marching_cubes(values, thr)
@@ -595,9 +611,5 @@ def extract_mesh(model: GaussianModel, cfg: MeshConfig | None = None,
         t = _lap(timings, "cleanup", t, device)
     if len(faces) == 0:
         raise InputError("the model is empty: no surface left after mesh clean-up")
-    mesh = Mesh(torch.as_tensor(verts, dtype=torch.float32, device=device),
+    return Mesh(torch.as_tensor(verts, dtype=torch.float32, device=device),
                 torch.as_tensor(faces, dtype=torch.int64, device=device))
-    if cfg.vertex_colors:
-        mesh.vertex_colors = grid.sample_colors(mesh.vertices).float()
-        _lap(timings, "vertex_colors", t, device)
-    return mesh

@@ -74,8 +74,14 @@ RenderFn = Callable[[Cameras], tuple[Tensor, Tensor]]  # cams -> (premultiplied 
 
 
 def render_references(name: str, render_fn: RenderFn, elevations, n_azimuth: int, radius: float,
-                      fovy: float, resolution: int, batch: int = 64) -> AssetReferences:
-    """Render an asset on rings of cameras, over white and over black."""
+                      fovy: float, resolution: int, batch: int = 64, shading: str = "albedo",
+                      normal_fn: Callable[[Cameras], Tensor] | None = None) -> AssetReferences:
+    """Render an asset on rings of cameras, over white and over black.
+
+    ``shading="lit"`` (DreamFusion's shading ablation) adds, at every camera, a Lambertian render
+    (albedo * (0.1 + 0.9 max(0, n . l))) and a textureless one (white albedo, same light), each
+    under its own light direction near the camera (normalise(camera + N(0, 1)), a fixed seed);
+    ``normal_fn`` gives the world normals (C, H, W, 3)."""
     el, az = torch.meshgrid(torch.tensor(list(elevations), dtype=torch.float64),
                             torch.arange(n_azimuth, dtype=torch.float64) * (360.0 / n_azimuth) - 180.0,
                             indexing="ij")
@@ -87,9 +93,24 @@ def render_references(name: str, render_fn: RenderFn, elevations, n_azimuth: int
             rgb, alpha = render_fn(cams)
         rgb, alpha = rgb.float().cpu(), alpha.float().cpu()
         imgs.append(torch.stack([rgb + (1.0 - alpha), rgb], dim=1))  # over white, over black
-    x = torch.cat(imgs).clamp(0, 1)  # (V, 2, R, R, 3)
+        if shading == "lit":
+            with torch.no_grad():
+                n = normal_fn(cams).float().cpu()
+            g = torch.Generator().manual_seed(len(imgs))
+            shaded = []
+            for k in range(2):  # Lambertian, textureless: each under its own lights
+                pos = cams.centers.cpu().double()
+                ldir = torch.nn.functional.normalize(pos + torch.randn(len(pos), 3, generator=g, dtype=torch.float64),
+                                                     dim=-1).float()
+                lam = (n * ldir[:, None, None, :]).sum(-1, keepdim=True).clamp_min(0.0)
+                shade = 0.1 + 0.9 * lam
+                c = rgb * shade if k == 0 else (alpha * shade).expand_as(rgb)
+                shaded.append(torch.stack([c + (1.0 - alpha), c], dim=1))
+            imgs[-1] = torch.cat([imgs[-1]] + shaded, dim=1)  # (B, 6, R, R, 3)
+    x = torch.cat(imgs).clamp(0, 1)  # (V, k, R, R, 3)
+    per_camera = x.shape[1]
     x = x.reshape(-1, resolution, resolution, 3).permute(0, 3, 1, 2) * 2.0 - 1.0
-    el2, az2 = el.repeat_interleave(2), az.repeat_interleave(2)
+    el2, az2 = el.repeat_interleave(per_camera), az.repeat_interleave(per_camera)
     buckets = [view_bucket(float(e), float(a)) for e, a in zip(el2, az2)]
     return AssetReferences(name, x.contiguous(), el2.float(), az2.float(), buckets)
 
@@ -290,6 +311,14 @@ class OraclePrior(Prior):
 # Building libraries
 
 
+def mesh_normal_fn(mesh) -> Callable[[Cameras], Tensor]:
+    from ..mesh.raster import render_mesh
+
+    def fn(cams: Cameras):
+        return render_mesh(mesh, cams, background=torch.zeros(3)).normal
+    return fn
+
+
 def mesh_rgba_fn(mesh) -> RenderFn:
     from ..mesh.raster import render_mesh
 
@@ -364,9 +393,25 @@ def oracle_elevations(cfg) -> tuple[float, ...]:
 
 @functools.lru_cache(maxsize=32)
 def _cached_references(asset: str, elevations: tuple, n_azimuth: int, radius: float, fovy: float,
-                       resolution: int) -> AssetReferences:
+                       resolution: int, shading: str = "albedo") -> AssetReferences:
     name, fn = asset_render_fn(asset)
-    return render_references(name, fn, elevations, n_azimuth, radius, fovy, resolution)
+    if shading == "albedo":
+        return render_references(name, fn, elevations, n_azimuth, radius, fovy, resolution)
+    return render_references(name, fn, elevations, n_azimuth, radius, fovy, resolution, shading=shading,
+                             normal_fn=mesh_normal_fn(_asset_mesh(asset)))
+
+
+def _asset_mesh(asset: str):
+    """The mesh of a built-in, generated or mesh-file asset (the lit oracle needs its normals)."""
+    from .. import assets
+
+    if asset in assets.ASSET_NAMES or assets.generated_seed(asset) is not None:
+        return assets.make_asset(asset)
+    from ..mesh.io import load_mesh, normalize_mesh
+
+    if Path(asset).suffix.lower() == ".ply":
+        raise InputError(f"prior.oracle_shading=lit needs a mesh asset (its normals); {asset} is a .ply")
+    return normalize_mesh(load_mesh(asset))
 
 
 def build_oracle(cfg, device="cpu", ref_image: Tensor | None = None, cls: type | None = None,
@@ -382,6 +427,8 @@ def build_oracle(cfg, device="cpu", ref_image: Tensor | None = None, cls: type |
     p = cfg.prior
     key = dict(elevations=oracle_elevations(cfg), n_azimuth=p.oracle_azimuths, radius=cfg.camera.radius,
                fovy=cfg.camera.fovy, resolution=p.oracle_resolution)
+    if getattr(p, "oracle_shading", "albedo") != "albedo":
+        key["shading"] = p.oracle_shading
     if p.oracle_unseen == "family" and cfg.mode == "image":
         splits = getattr(assets, "SPLITS", None)
         pool = tuple(splits["dev"]) if splits else assets.ASSET_NAMES

@@ -1,0 +1,1 @@
+"""What stage 1 optimises: see :mod:`dreamgs.representations.base` for the seam."""
