@@ -27,6 +27,7 @@ from .errors import ConfigError
 from .estimate import SIZE_EXPONENT
 from .fit import reference_loss
 from .gaussians import GaussianModel
+from .init import initial_gaussians
 from .priors.base import Prior
 from .progress import Progress
 from .render import render
@@ -128,9 +129,7 @@ class Stage1:
         seed = int(cfg.seed or 0)
         g = cfg.gaussians
         if init is None:
-            init = GaussianModel.random_ball(g.num_points, g.init_radius, opacity=g.init_opacity,
-                                             color=g.init_color, sh_degree=g.sh_degree,
-                                             generator=torch.Generator().manual_seed(seed))
+            init = initial_gaussians(cfg, ref, seed)  # gaussians.init: ball | points | mesh | silhouette | depth
         self.model = init.to(self.device)
         self.trainer = GaussianTrainer(self.model, g, cfg.densify, seed, spatial_scale=g.spatial_lr_scale,
                                        max_bad_steps=cfg.stage1.max_bad_steps)
