@@ -133,6 +133,17 @@ class Stage1:
         self.model = init.to(self.device)
         self.trainer = GaussianTrainer(self.model, g, cfg.densify, seed, spatial_scale=g.spatial_lr_scale,
                                        max_bad_steps=cfg.stage1.max_bad_steps)
+        # GSGen's geometry stage (stage1.geometry_fraction > 0): the 3D point prior acts only in it and
+        # densification waits for its end; without a split, one stage does both.
+        s1 = cfg.stage1
+        self.geometry_end = round(s1.geometry_fraction * s1.iters) if s1.geometry_fraction > 0 else s1.iters
+        if s1.geometry_fraction > 0:
+            self.trainer.densify_from = self.geometry_end
+        self.points_prior = None
+        if cfg.points_prior.enabled:
+            from .priors.points import build_point_prior
+
+            self.points_prior = build_point_prior(cfg, prior, seed)
         # DreamGaussian warms the reference losses up, except with Stable-Zero123 (image_sai.yaml).
         w = cfg.stage1.ref_warmup
         self.warmup = w == "on" or (w == "auto" and cfg.prior.kind != "stable-zero123")
@@ -161,6 +172,10 @@ class Stage1:
         loss = s1.lambda_sds * loss_sds
         renders = [out]
         report = {"sds": loss_sds}
+        if self.points_prior is not None and step < self.geometry_end:
+            loss_pts = self.points_prior.sds(self.model.means, gen)
+            loss = loss + s1.lambda_sds * cfg.points_prior.weight * loss_pts
+            report["points"] = loss_pts
         if self.ref is not None and step % max(1, s1.ref_every) == 0:
             warm = min(1.0, (step + 1) / max(1.0, s1.warmup_fraction * s1.iters)) if self.warmup else 1.0
             white3 = torch.ones(1, 3, device=self.device)
