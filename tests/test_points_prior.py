@@ -87,9 +87,43 @@ def test_sds_gradient_is_w_times_eps_difference():
 
 def test_config_keys_and_stage1_wiring():
     with pytest.raises(ConfigError, match="oracle"):
-        load_config("text", overrides=["points_prior.enabled=true", "prior.kind=sd"])
+        load_config("text", overrides=["points_prior.use=on", "prior.kind=sd"])
     cfg = load_config("text", overrides=["device=cpu", "prompt=a mug", "prior.kind=oracle",
-                                         "points_prior.enabled=true", "points_prior.surface_samples=500"])
+                                         "points_prior.use=on", "points_prior.surface_samples=500"])
     assert cfg.points_prior.weight == 0.1 and cfg.points_prior.num_points == 1024
     oracle = build_point_prior(cfg)
     assert oracle.y.shape == (500, 3) and oracle.y.norm(dim=-1).max() <= 2 * 0.5 + 1e-6
+
+
+def test_gsgen_preset_loads_and_auto_follows_the_prior():
+    from pathlib import Path
+
+    from dreamgs.stage1 import points_prior_active
+
+    gs = Path(__file__).resolve().parents[1] / "src" / "dreamgs" / "configs" / "gsgen.yaml"
+    sd = load_config("text", gs, ["prompt=a mug"])
+    assert sd.points_prior.use == "auto" and not points_prior_active(sd)  # no Point-E: off with SD
+    assert sd.densify.mode == "both" and not sd.stage2.enabled and sd.stage1.geometry_fraction > 0
+    oracle = load_config("text", gs, ["prompt=a mug", "prior.kind=oracle"])
+    assert points_prior_active(oracle)
+
+
+def test_stage1_geometry_stage_runs_the_point_prior_then_densifies():
+    from dreamgs.priors import load_prior
+    from dreamgs.stage1 import Stage1
+
+    cfg = load_config("text", overrides=[
+        "stage1.iters=6", "stage1.batch_size=1", "stage1.render_sizes=[32]", "stage1.size_milestones=[]",
+        "gaussians.num_points=200", "gaussians.init_scale=0.005", "densify.start=0", "densify.interval=1", "densify.mode=compactness",
+        "stage1.geometry_fraction=0.5", "points_prior.use=on", "points_prior.num_points=64",
+        "points_prior.surface_samples=500", "prior.kind=oracle", "prior.oracle_azimuths=8",
+        "prior.oracle_resolution=32", "prompt=a mug", "device=cpu", "seed=1"])
+    st = Stage1(cfg, load_prior(cfg, "cpu"))
+    assert st.geometry_end == 3 and st.trainer.densify_from == 3
+    seen = []
+    for _ in range(6):
+        n = len(st.model)
+        st.step()
+        seen.append(("points" in st.last, len(st.model) > n))
+    assert [p for p, _ in seen] == [True] * 3 + [False] * 3  # the point prior: geometry stage only
+    assert not any(grew for _, grew in seen[:2]) and any(grew for _, grew in seen[2:])  # densify from step 3

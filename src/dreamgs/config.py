@@ -147,7 +147,7 @@ class Stage1Config:
     max_bad_steps: int = 20  # non-finite steps tolerated before giving up
     deterministic: bool = False  # torch.use_deterministic_algorithms during the run
     # GSGen's two stages: the first fraction of the steps is the geometry stage (the 3D point prior,
-    # points_prior, acts only then and densification waits for its end), the rest the appearance
+    # points_prior.use, acts only then and densification waits for its end), the rest the appearance
     # stage. 0: one stage (the point prior, if enabled, acts throughout; DreamGaussian).
     geometry_fraction: float = 0.0
 
@@ -157,7 +157,9 @@ class PointPriorConfig:
     """An auxiliary SDS on the Gaussian centres from a 3D point-cloud denoiser (GSGen's Point-E
     guidance); here the exact oracle over the asset's surface points (priors/points.py)."""
 
-    enabled: bool = False
+    # off | on | auto: on when the 2D prior is an oracle (the point oracle needs its asset), else off,
+    # since no point-cloud diffusion model (Point-E) is available here
+    use: str = "off"
     weight: float = 0.1  # relative to stage1.lambda_sds (GSGen: 0.01 beside its SDS weight 0.1)
     batch_size: int = 4  # noise draws per step, each on its own farthest-point sample (GSGen: 4)
     num_points: int = 1024  # Gaussian centres per draw, by farthest-point sampling (Point-E: 1024)
@@ -597,7 +599,9 @@ def validate(cfg: Config) -> None:
     if not 0.0 <= cfg.stage1.geometry_fraction <= 1.0:
         raise ConfigError("stage1.geometry_fraction must be within [0, 1]")
     pp = cfg.points_prior
-    if pp.enabled and cfg.prior.kind not in ("oracle", "oracle-mv"):
+    if pp.use not in ("off", "on", "auto"):
+        raise ConfigError(f"points_prior.use: expected off, on or auto, got '{pp.use}'")
+    if pp.use == "on" and cfg.prior.kind not in ("oracle", "oracle-mv"):
         raise ConfigError("points_prior needs an oracle prior (prior.kind=oracle or oracle-mv): no point-cloud "
                           "diffusion model (Point-E) is available, only the exact oracle over the asset's surface")
     if pp.batch_size < 1 or pp.num_points < 1 or pp.surface_samples < 1 or pp.weight < 0 or pp.coord_scale <= 0:

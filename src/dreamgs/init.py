@@ -280,9 +280,12 @@ def initial_gaussians(cfg, ref=None, seed: int = 0) -> GaussianModel:
     kind, arg = parse_init(g.init)
     gen = torch.Generator().manual_seed(seed)
     if kind == "ball":
-        return GaussianModel.random_ball(g.num_points, g.init_radius, opacity=g.init_opacity, color=g.init_color,
+        ball = GaussianModel.random_ball(g.num_points, g.init_radius, opacity=g.init_opacity, color=g.init_color,
                                          sh_degree=g.sh_degree, generator=gen)
-    if kind in ("silhouette", "depth"):
+        if g.init_scale <= 0 and g.init_noise <= 0 and g.init_colors != "random":
+            return ball  # DreamGaussian's start, exactly
+        pts, cols = ball.means.double(), torch.full((len(ball), 3), float(g.init_color), dtype=torch.float64)
+    elif kind in ("silhouette", "depth"):
         if ref is None:
             raise ConfigError(f"gaussians.init={kind} lifts the input image: it needs image mode")
         if kind == "silhouette":

@@ -103,6 +103,12 @@ def step_cameras(cfg: Config, prior: Prior, n: int, size: int, device, generator
     return sample_training_cameras(cfg, n, size, device, generator, relative=relative)
 
 
+def points_prior_active(cfg: Config) -> bool:
+    """Whether stage 1 adds the 3D point prior (``points_prior.use``: on, or auto with an oracle prior)."""
+    use = cfg.points_prior.use
+    return use == "on" or (use == "auto" and cfg.prior.kind in ("oracle", "oracle-mv"))
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -140,7 +146,7 @@ class Stage1:
         if s1.geometry_fraction > 0:
             self.trainer.densify_from = self.geometry_end
         self.points_prior = None
-        if cfg.points_prior.enabled:
+        if points_prior_active(cfg):
             from .priors.points import build_point_prior
 
             self.points_prior = build_point_prior(cfg, prior, seed)
