@@ -15,7 +15,8 @@ Variants (config overrides on top of ``--config``):
 - ``both_densify``: gradient then compactness densification (GSGen's legacy mode);
 - ``noisy_points``: start from 4096 points on the true surface with Gaussian noise (std 0.02)
   and grey colours (a stand-in for a 3D prior's point cloud), grown as GaussianDreamer does;
-- ``gsgen``: configs/gsgen.yaml's recipe (geometry stage with the point prior, then both densifications).
+- ``gsgen``: GSGen's recipe at CI size (benchmarks/gsgen_ci_size.yaml: the geometry stage with the
+  point prior, then gradient and compactness densification).
 
     OMP_NUM_THREADS=1 python benchmarks/gsgen_parts.py --assets mug gen:1000 --variants ball points \\
         --out outputs/gsgen_parts.jsonl
@@ -88,16 +89,8 @@ def main(argv=None) -> None:
         for variant in args.variants:
             ov = [o.format(cloud=cloud) for o in VARIANTS[variant]]
             config = args.config
-            if ov == ["@gsgen"]:
-                ov, config = [], None
-                gs = ROOT / "src" / "dreamgs" / "configs" / "gsgen.yaml"
-                import yaml
-                merged = yaml.safe_load(Path(gs).read_text())
-                ci = yaml.safe_load(Path(args.config).read_text())
-                for sec, vals in ci.items():  # the CI sizes over the recipe
-                    merged.setdefault(sec, {}).update(vals)
-                config = out.parent / "gsgen_ci.yaml"
-                config.write_text(yaml.safe_dump(merged))
+            if ov == ["@gsgen"]:  # the recipe at CI size (stage 2 is not run here)
+                ov, config = [], str(ROOT / "benchmarks" / "gsgen_ci_size.yaml")
             cfg = load_config("text", config, ["prior.kind=oracle", f"prior.asset={asset}", "prompt=an object",
                                                f"seed={args.seed}", f"device={args.device}", *ov, *args.overrides])
             cams = heldout_cameras(cfg, 24, 64, seed=0)

@@ -21,6 +21,7 @@ classifier-free guidance (GSGen's 100 pushes a learned, text-conditioned Point-E
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -113,15 +114,22 @@ class PointOracle:
         return loss / bs
 
 
-def asset_mesh(cfg, prior=None):
-    """The true mesh the oracle prior of ``cfg`` models, in its frame: ``prior.asset`` (a built-in
-    or generated name, or a mesh file), else the asset the prompt names (text) or the asset the
-    image oracle identified (``prior.asset`` attribute of the built prior)."""
+def asset_name(cfg, prior=None) -> str:
+    """The asset the oracle prior of ``cfg`` models: ``prior.asset`` (a built-in or generated
+    name, or a mesh file), else the asset the prompt names (text) or the asset the image oracle
+    identified (the ``asset`` attribute of the built prior)."""
     from .. import assets
 
     name = cfg.prior.asset
     if not name:
         name = getattr(prior, "asset", "") if cfg.mode == "image" else assets.asset_for_prompt(cfg.prompt)
+    return name
+
+
+def asset_mesh(name: str):
+    """The true mesh of an oracle asset name or mesh file, in the oracle's frame."""
+    from .. import assets
+
     if name in assets.ASSET_NAMES or assets.generated_seed(name) is not None:
         return assets.make_asset(name)
     from ..mesh.io import load_mesh, normalize_mesh
@@ -131,11 +139,17 @@ def asset_mesh(cfg, prior=None):
     return normalize_mesh(load_mesh(name))
 
 
-def build_point_prior(cfg, prior=None, seed: int = 0) -> PointOracle:
-    """The 3D point prior of ``cfg.points_prior`` for the oracle asset of ``cfg``."""
+@functools.lru_cache(maxsize=16)
+def surface_points(name: str, n: int, seed: int) -> Tensor:
+    """``n`` points on the outer surface of asset ``name`` (cached: resumed and timed runs reuse them)."""
     from ..evaluate import outer_surface_samples
 
+    return outer_surface_samples(asset_mesh(name), n, torch.Generator().manual_seed(seed))
+
+
+def build_point_prior(cfg, prior=None, seed: int = 0) -> PointOracle:
+    """The 3D point prior of ``cfg.points_prior`` for the oracle asset of ``cfg``."""
     pp = cfg.points_prior
-    surface = outer_surface_samples(asset_mesh(cfg, prior), pp.surface_samples, torch.Generator().manual_seed(seed))
+    surface = surface_points(asset_name(cfg, prior), pp.surface_samples, seed)
     return PointOracle(surface, coord_scale=pp.coord_scale, t_min=pp.t_min, t_max=pp.t_max,
                        batch_size=pp.batch_size, num_points=pp.num_points)
