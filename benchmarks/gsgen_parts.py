@@ -15,6 +15,7 @@ Variants (config overrides on top of ``--config``):
 - ``both_densify``: gradient then compactness densification (GSGen's legacy mode);
 - ``noisy_points``: start from 4096 points on the true surface with Gaussian noise (std 0.02)
   and grey colours (a stand-in for a 3D prior's point cloud), grown as GaussianDreamer does;
+- ``silhouette`` (``--mode image``): the input's mask lifted into a slab of points;
 - ``gsgen``: GSGen's recipe at CI size (benchmarks/gsgen_ci_size.yaml: the geometry stage with the
   point prior, then gradient and compactness densification).
 
@@ -42,6 +43,7 @@ VARIANTS = {
     "both_densify": ["densify.mode=both"],
     "noisy_points": ["gaussians.init=points:{cloud}", "gaussians.init_colors=grey"],
     "gsgen": ["@gsgen"],
+    "silhouette": ["gaussians.init=silhouette"],  # image mode only
 }
 
 
@@ -63,6 +65,7 @@ def main(argv=None) -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--config", default=str(ROOT / "benchmarks" / "ci_size.yaml"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mode", choices=("text", "image"), default="text")
     ap.add_argument("--curve-every", type=int, default=50)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="outputs/gsgen_parts.jsonl")
@@ -91,13 +94,23 @@ def main(argv=None) -> None:
             config = args.config
             if ov == ["@gsgen"]:  # the recipe at CI size (stage 2 is not run here)
                 ov, config = [], str(ROOT / "benchmarks" / "gsgen_ci_size.yaml")
-            cfg = load_config("text", config, ["prior.kind=oracle", f"prior.asset={asset}", "prompt=an object",
+            cfg = load_config(args.mode, config, ["prior.kind=oracle", f"prior.asset={asset}", "prompt=an object",
                                                f"seed={args.seed}", f"device={args.device}", *ov, *args.overrides])
             cams = heldout_cameras(cfg, 24, 64, seed=0)
             gt_rgb, gt_alpha = mesh_rgba_views(truth, cams)
-            prior = load_prior(cfg, device)
+            ref, ref_image = None, None
+            if args.mode == "image":  # the true asset from the input camera, as the bench's image mode
+                from dreamgs.bench import input_image
+                from dreamgs.media import load_image
+                from dreamgs.stage1 import make_reference
+
+                path = input_image(truth, cfg, out.parent / f"input_{asset.replace(':', '')}.png")
+                ref = make_reference(torch.as_tensor(load_image(path)).float(), cfg, device)
+                a_ = ref.rgba[..., 3:4]
+                ref_image = (ref.rgba[..., :3] * a_ + (1 - a_)).permute(2, 0, 1)[None]
+            prior = load_prior(cfg, device, ref_image)
             t0 = time.perf_counter()
-            st = Stage1(cfg, prior, None, device)
+            st = Stage1(cfg, prior, ref, device)
             curve = []
 
             def cb(s):
@@ -115,7 +128,7 @@ def main(argv=None) -> None:
             scores = view_scores(rgb, a, gt_rgb, gt_alpha)
             d = nearest_distances(model.means.detach().cpu(), surface)
             w = model.opacities.detach().cpu().double()
-            row = {"asset": asset, "variant": variant, "seed": args.seed, "overrides": ov,
+            row = {"mode": args.mode, "asset": asset, "variant": variant, "seed": args.seed, "overrides": ov,
                    "psnr": scores["psnr"], "psnr_masked": scores["psnr_masked"],
                    "centre_dist_pct": float(100 * d.mean() / diag),
                    "centre_dist_opacity_pct": float(100 * (w * d).sum() / w.sum() / diag),

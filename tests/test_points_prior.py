@@ -114,7 +114,8 @@ def test_stage1_geometry_stage_runs_the_point_prior_then_densifies():
 
     cfg = load_config("text", overrides=[
         "stage1.iters=6", "stage1.batch_size=1", "stage1.render_sizes=[32]", "stage1.size_milestones=[]",
-        "gaussians.num_points=200", "gaussians.init_scale=0.005", "densify.start=0", "densify.interval=1", "densify.mode=compactness",
+        "gaussians.num_points=200", "gaussians.init_scale=0.005", "densify.start=0", "densify.interval=1",
+        "densify.mode=compactness",
         "stage1.geometry_fraction=0.5", "points_prior.use=on", "points_prior.num_points=64",
         "points_prior.surface_samples=500", "prior.kind=oracle", "prior.oracle_azimuths=8",
         "prior.oracle_resolution=32", "prompt=a mug", "device=cpu", "seed=1"])
