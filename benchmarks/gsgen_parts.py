@@ -59,6 +59,23 @@ def noisy_cloud(asset: str, path: Path, n: int = 4096, noise: float = 0.02, seed
     return path
 
 
+def table(paths: list[str]) -> str:
+    """Markdown: one row per asset and variant; "reach" is the first curve step at which the
+    8-view masked PSNR reaches the ball's final 8-view figure on that asset (and mode)."""
+    rows = [json.loads(line) for p in paths for line in open(p) if line.strip()]
+    ball = {(r.get("mode", "text"), r["asset"]): r["curve"][-1][1] for r in rows if r["variant"] == "ball"}
+    out = ["| mode | asset | variant | masked PSNR (dB) | PSNR (dB) | centre→surface (% diag) | opacity-weighted (% diag) "
+           "| Gaussians | reaches ball's final 8-view PSNR at step | time (s) |", "|---" * 10 + "|"]
+    for r in rows:
+        mode = r.get("mode", "text")
+        target = ball.get((mode, r["asset"]))
+        reach = next((k for k, v in r["curve"] if target is not None and v >= target), None)
+        out.append(f"| {mode} | {r['asset']} | {r['variant']} | {r['psnr_masked']:.2f} | {r['psnr']:.2f} | "
+                   f"{r['centre_dist_pct']:.2f} | {r['centre_dist_opacity_pct']:.2f} | {r['gaussians']} | "
+                   f"{reach if reach is not None else 'never'} of {r['curve'][-1][0]} | {r['seconds']:.0f} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--assets", nargs="+", default=["mug", "gen:1000"])
@@ -69,8 +86,12 @@ def main(argv=None) -> None:
     ap.add_argument("--curve-every", type=int, default=50)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="outputs/gsgen_parts.jsonl")
+    ap.add_argument("--table", nargs="+", metavar="JSONL", help="print the results of earlier runs as a table")
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     args = ap.parse_args(argv)
+    if args.table:
+        print(table(args.table))
+        return
 
     from dreamgs.bench import load_truth
     from dreamgs.config import load_config
