@@ -25,6 +25,7 @@ import functools
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -43,19 +44,22 @@ def cosine_alphas_cumprod(T: int = POINT_E_TIMESTEPS, s: float = 0.008, max_beta
 
 def farthest_point_sample(points: Tensor, k: int, starts: Tensor) -> Tensor:
     """Farthest-point sampling: for each start index in ``starts`` (B,), ``k`` indices into
-    ``points`` (N, 3), each the point farthest from those already chosen: (B, min(k, N))."""
-    n = points.shape[0]
-    k = min(k, n)
-    p = points.detach()
-    b = len(starts)
-    idx = torch.empty(b, k, dtype=torch.long, device=p.device)
-    idx[:, 0] = starts.to(p.device)
-    dist = torch.full((b, n), math.inf, dtype=p.dtype, device=p.device)
+    ``points`` (N, 3), each the point farthest from those already chosen: (B, min(k, N)).
+    Runs in numpy on the CPU (the loop is k steps of small array operations)."""
+    p = points.detach().cpu().double().numpy()
+    n, k, b = p.shape[0], min(k, p.shape[0]), len(starts)
+    idx = np.empty((b, k), dtype=np.int64)
+    idx[:, 0] = starts.cpu().numpy()
+    dist = np.full((b, n), np.inf)
+    px, py, pz = p[:, 0], p[:, 1], p[:, 2]
     for i in range(1, k):
         last = p[idx[:, i - 1]]  # (B, 3)
-        dist = torch.minimum(dist, (p[None] - last[:, None]).square().sum(-1))
+        d = np.square(px - last[:, :1])
+        d += np.square(py - last[:, 1:2])
+        d += np.square(pz - last[:, 2:3])
+        np.minimum(dist, d, out=dist)
         idx[:, i] = dist.argmax(-1)
-    return idx
+    return torch.from_numpy(idx).to(points.device)
 
 
 class PointOracle:
@@ -71,20 +75,22 @@ class PointOracle:
         self.t_min, self.t_max = t_min, t_max
         self.batch_size, self.num_points = batch_size, num_points
         self.chunk = chunk
-        self.ysq = self.y.square().sum(-1)
 
-    def denoise(self, x_t: Tensor, t: int) -> Tensor:
-        """Posterior mean x0_hat (n, 3) of each noisy point x_t (n, 3) at integer timestep t."""
-        abar = self.alphas_cumprod[t]
-        a, s2 = abar.sqrt(), 1.0 - abar
-        x = x_t.double()
+    def denoise(self, x_t: Tensor, t: int, exact: bool = False) -> Tensor:
+        """Posterior mean x0_hat (n, 3) of each noisy point x_t (n, 3) at integer timestep t,
+        float64. The squared distances |x_t - a_t y_j|^2 and the softmax are computed in float32
+        (about 10x faster on a CPU; a relative error near 1e-6 in the weights), or in float64 with
+        ``exact``."""
+        abar = float(self.alphas_cumprod[t])
+        a, s2 = math.sqrt(abar), 1.0 - abar
+        dt = torch.float64 if exact else torch.float32
+        y = self.y.to(dt)
         out = []
-        for i in range(0, len(x), self.chunk):
-            xc = x[i:i + self.chunk]
-            # |x - a y|^2 = |x|^2 - 2 a x.y + a^2 |y|^2; the |x|^2 term cancels in the softmax
-            logits = (2 * a * (xc @ self.y.T) - abar * self.ysq[None]) / (2 * s2)
-            out.append(torch.softmax(logits, dim=-1) @ self.y)
-        return torch.cat(out) if out else x.new_zeros(0, 3)
+        for i in range(0, len(x_t), self.chunk):
+            d2 = torch.cdist(x_t[i:i + self.chunk].to(dt), a * y).square()
+            w = torch.softmax(-d2 / (2 * s2), dim=-1)
+            out.append((w @ y).double())
+        return torch.cat(out) if out else x_t.new_zeros(0, 3, dtype=torch.float64)
 
     def timesteps(self, n: int, generator: torch.Generator) -> Tensor:
         lo = int(POINT_E_TIMESTEPS * self.t_min)
