@@ -5,7 +5,7 @@
 #
 # Steps: env, gsplat (JIT-compile gsplat's CUDA code), render, quality, models, prior, compile, mesh,
 # pipeline, resume, turntable, mvdream, mvdream-pipeline, distill-speed, dreamfusion; bench-ci, bench-distill,
-# bench-dreamfusion, bench-hard, bench-hard-mv, bench-full, preview-dev, preview-ablate, fidelity (docs/quality.md,
+# bench-dreamfusion, bench-gsgen, gsgen-parts, bench-hard, bench-hard-mv, bench-full, preview-dev, preview-ablate, fidelity (docs/quality.md,
 # docs/fidelity.md: their reports are packed into $OUT/reports.tar.gz). Each step's output goes to $OUT/<step>.log (default OUT=/tmp/out).
 # The machine has torch but not our other dependencies: they travel as wheels in .whl/ (not
 # committed; docs/benchmarks.md lists them) and are installed into /tmp/site once per machine.
@@ -175,6 +175,22 @@ PY
                     export.video=false &
             done
             wait ;;
+        gsgen-parts)  # issue 19: GSGen's parts on stage 1 (point prior, compactness, a noisy point start, the
+            # recipe) against the ball, test split at CI size, one process per asset (ASSETS, SEEDS)
+            export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+            mkdir -p /tmp/reports/gsgen-parts
+            for a in ${ASSETS:-gen:0 gen:1 gen:2 gen:3 gen:4 gen:5 gen:6 gen:7}; do for s in ${SEEDS_LIST:-0}; do
+                python3 benchmarks/gsgen_parts.py --assets $a --seed $s --device cuda \
+                    --out /tmp/reports/gsgen-parts/gsgen-parts-${a/:/}-s$s.jsonl &
+            done; done
+            wait ;;
+        bench-gsgen)  # issue 19: GSGen's recipe through the whole bench (stage 2 on, its mesh scored), test split
+            # at CI size, beside bench-ci's DreamGaussian rows (MODES)
+            export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+            for m in ${MODES:-text}; do
+                python3 -m dreamgs.cli bench --assets test --seeds ${SEEDS:-3} --mode $m --device cuda --jobs ${JOBS:-8} \
+                    --config benchmarks/gsgen_ci_size.yaml --out /tmp/reports/bench-gsgen-$m
+            done ;;
         fidelity)
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
             python3 benchmarks/fidelity.py --items ${ITEMS:-1,2,3,4,5,6,7,8} --device cuda --jobs ${JOBS:-8} --out /tmp/reports/fidelity ;;
@@ -185,7 +201,7 @@ PY
 
 pack_reports() {  # reports only: the run folders stay behind
     [ -d /tmp/reports ] || return 0
-    (cd /tmp/reports && find . -name 'bench.*' -o -name 'fidelity.*' | tar czf "$OUT/.reports.tar.gz" -T - \
+    (cd /tmp/reports && find . -name 'bench.*' -o -name 'fidelity.*' -o -name 'gsgen-parts-*.jsonl' | tar czf "$OUT/.reports.tar.gz" -T - \
         && mv "$OUT/.reports.tar.gz" "$OUT/reports.tar.gz")
 }
 

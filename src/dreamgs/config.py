@@ -63,6 +63,14 @@ class GaussianConfig:
     lr_rotation: float = 0.005
     adam_eps: float = 1e-15
     fused_adam: bool = True  # CUDA: one fused kernel for the Adam update
+    # The start (dreamgs/init.py): ball | points:FILE | mesh:FILE | silhouette | depth:FILE
+    init: str = "ball"
+    init_scale: float = 0.0  # > 0: every starting Gaussian gets this std (GSGen: 0.02); 0: from nearest neighbours
+    init_noise: float = 0.0  # std of Gaussian noise added to the starting positions (world units)
+    init_colors: str = "file"  # file (the cloud's, mesh's or image's; grey if none) | random (GSGen) | grey
+    init_grow_samples: int = 1_000_000  # points/mesh: candidates uniform in the bounding box (GaussianDreamer: 10^6)
+    init_grow_distance: float = 0.01  # ... kept within this distance of a cloud point (GaussianDreamer: 0.01)
+    init_color_jitter: float = 0.2  # ... coloured as that point plus U[0, jitter) per channel (GaussianDreamer: 0.2)
 
 
 @dataclass
@@ -79,6 +87,11 @@ class DensifyConfig:
     prune_scale: float = 0.4  # prune if the largest scale is above this (world units)
     max_gaussians: int = 1_000_000
     opacity_reset_interval: int = 0  # 0 disables opacity resets
+    # grad (3DGS/DreamGaussian: clone/split by view-space gradient) | compactness (GSGen: fill the gap
+    # between a Gaussian and each of its k nearest neighbours when their ellipsoids do not touch) | both
+    mode: str = "grad"
+    compactness_k: int = 3  # neighbours examined per Gaussian (GSGen: 3)
+    compactness_sigmas: float = 1.0  # ellipsoid radius in standard deviations for the touch test (GSGen: 1)
 
 
 @dataclass
@@ -163,6 +176,27 @@ class Stage1Config:
     # (pushes them to be opaque) and lambda_scale * mean(|s|^2) of their scales (keeps them small).
     lambda_opacity: float = 0.0
     lambda_scale: float = 0.0
+    # GSGen's two stages: the first fraction of the steps is the geometry stage (the 3D point prior,
+    # points_prior.use, acts only then and densification waits for its end), the rest the appearance
+    # stage. 0: one stage (the point prior, if enabled, acts throughout; DreamGaussian).
+    geometry_fraction: float = 0.0
+
+
+@dataclass
+class PointPriorConfig:
+    """An auxiliary SDS on the Gaussian centres from a 3D point-cloud denoiser (GSGen's Point-E
+    guidance); here the exact oracle over the asset's surface points (priors/points.py)."""
+
+    # off | on | auto: on when the 2D prior is an oracle (the point oracle needs its asset), else off,
+    # since no point-cloud diffusion model (Point-E) is available here
+    use: str = "off"
+    weight: float = 0.1  # relative to stage1.lambda_sds (GSGen: 0.01 beside its SDS weight 0.1)
+    batch_size: int = 4  # noise draws per step, each on its own farthest-point sample (GSGen: 4)
+    num_points: int = 1024  # Gaussian centres per draw, by farthest-point sampling (Point-E: 1024)
+    t_min: float = 0.02  # timesteps uniform in [t_min, t_max) of T (GSGen: 0.02, 0.98)
+    t_max: float = 0.98
+    coord_scale: float = 2.0  # coordinates are multiplied by this before noising (Point-E's channel scale)
+    surface_samples: int = 4096  # oracle: points on the asset's outer surface (the data; Point-E's upsampled clouds: 4096)
 
 
 @dataclass
@@ -311,6 +345,7 @@ class Config:
     prep: PrepConfig = field(default_factory=PrepConfig)
     fit: FitConfig = field(default_factory=FitConfig)
     nerf: NerfConfig = field(default_factory=NerfConfig)
+    points_prior: PointPriorConfig = field(default_factory=PointPriorConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -674,6 +709,34 @@ def validate(cfg: Config) -> None:
         raise ConfigError("gaussians.num_points must be at least 1")
     if not 0 <= cfg.gaussians.sh_degree <= 3:
         raise ConfigError("gaussians.sh_degree must be between 0 and 3")
+    from .init import parse_init
+
+    parse_init(cfg.gaussians.init)
+    g = cfg.gaussians
+    if g.init_colors not in ("file", "random", "grey"):
+        raise ConfigError(f"gaussians.init_colors: expected file, random or grey, got '{g.init_colors}'")
+    if min(g.init_scale, g.init_noise, g.init_grow_samples, g.init_grow_distance, g.init_color_jitter) < 0:
+        raise ConfigError("gaussians.init_scale, init_noise, init_grow_samples, init_grow_distance and "
+                          "init_color_jitter must not be negative")
+    if cfg.gaussians.init.split(":")[0] in ("silhouette", "depth") and cfg.mode != "image":
+        raise ConfigError(f"gaussians.init={cfg.gaussians.init} lifts the input image: it needs image mode")
+    if cfg.densify.mode not in ("grad", "compactness", "both"):
+        raise ConfigError(f"densify.mode: expected grad, compactness or both, got '{cfg.densify.mode}'")
+    if cfg.densify.compactness_k < 1 or cfg.densify.compactness_sigmas <= 0:
+        raise ConfigError("densify.compactness_k must be at least 1 and densify.compactness_sigmas positive")
+    if not 0.0 <= cfg.stage1.geometry_fraction <= 1.0:
+        raise ConfigError("stage1.geometry_fraction must be within [0, 1]")
+    pp = cfg.points_prior
+    if pp.use not in ("off", "on", "auto"):
+        raise ConfigError(f"points_prior.use: expected off, on or auto, got '{pp.use}'")
+    if pp.use == "on" and cfg.prior.kind not in ("oracle", "oracle-mv"):
+        raise ConfigError("points_prior needs an oracle prior (prior.kind=oracle or oracle-mv): no point-cloud "
+                          "diffusion model (Point-E) is available, only the exact oracle over the asset's surface")
+    if pp.batch_size < 1 or pp.num_points < 1 or pp.surface_samples < 1 or pp.weight < 0 or pp.coord_scale <= 0:
+        raise ConfigError("points_prior: batch_size, num_points and surface_samples must be at least 1, weight "
+                          ">= 0 and coord_scale > 0")
+    if not 0.0 <= pp.t_min < pp.t_max <= 1.0:
+        raise ConfigError("points_prior.t_min and t_max must satisfy 0 <= t_min < t_max <= 1")
     if cfg.mesh.grid_resolution < 8:
         raise ConfigError("mesh.grid_resolution must be at least 8")
     if cfg.mesh.block_size < 1 or cfg.mesh.target_faces < 0:

@@ -419,13 +419,99 @@ def densify_and_prune(model: GaussianModel, optimizer: torch.optim.Optimizer | N
             keep[idx_split] = False  # split parents are replaced by their two children
             _replace_params(model, optimizer, lambda name, t: t[keep])
 
+        n_prune = prune_gaussians(model, optimizer, cfg)
+    return {"cloned": n_clone, "split": n_split, "pruned": n_prune, "total": len(model)}
+
+
+def prune_gaussians(model: GaussianModel, optimizer: torch.optim.Optimizer | None, cfg) -> int:
+    """Remove transparent (opacity < ``cfg.min_opacity``) and huge (largest scale >
+    ``cfg.prune_scale``) Gaussians, never all of them; returns how many were removed."""
+    with torch.no_grad():
         prune = (model.opacities < cfg.min_opacity) | (model.scales.amax(-1) > cfg.prune_scale)
         if prune.all():  # never prune to nothing; keep the most opaque Gaussian
             prune[model.opacities.argmax()] = False
         n_prune = int(prune.sum())
         if n_prune:
             _replace_params(model, optimizer, lambda name, t: t[~prune])
-    return {"cloned": n_clone, "split": n_split, "pruned": n_prune, "total": len(model)}
+    return n_prune
+
+
+def ellipsoid_radius(scales: Tensor, quats: Tensor, directions: Tensor, sigmas: float = 1.0) -> Tensor:
+    """Distance from a Gaussian's centre to the surface of its ``sigmas``-sigma ellipsoid
+    {x : x^T Sigma^-1 x = sigmas^2} along unit ``directions``: sigmas / sqrt(u^T Sigma^-1 u),
+    with Sigma = R diag(scales^2) R^T; ``scales`` (n, 3) standard deviations, ``quats`` (n, 4),
+    ``directions`` (n, 3) -> (n,)."""
+    local = (quat_to_rotmat(quats).transpose(-1, -2) @ directions[..., None])[..., 0]
+    return sigmas / (local / scales).square().sum(-1).sqrt()
+
+
+def compactness_gaps(model: GaussianModel, k: int = 3, sigmas: float = 1.0) -> dict[str, Tensor]:
+    """GSGen's compactness test. For each Gaussian i and each of its ``k`` nearest neighbours j
+    (centres, scipy's k-d tree), each unordered pair once: with d the distance between the centres,
+    u the unit vector from i to j and r_i, r_j the radii of their ``sigmas``-sigma ellipsoids along
+    the line between them (:func:`ellipsoid_radius`), the two do not touch along that line when
+    gap = d - r_i - r_j > 0. Returns, for the pairs with a gap: ``i``, ``j``, ``gap``, ``u``, ``r_i``
+    (float64)."""
+    from scipy.spatial import cKDTree
+
+    n = len(model)
+    empty = {"i": torch.zeros(0, dtype=torch.long), "j": torch.zeros(0, dtype=torch.long)}
+    if n < 2:
+        return {**empty, **{key: torch.zeros(0, dtype=torch.float64) for key in ("gap", "r_i")},
+                "u": torch.zeros(0, 3, dtype=torch.float64)}
+    k = min(k, n - 1)
+    m = model.means.detach().cpu().double()
+    _, nn = cKDTree(m.numpy()).query(m.numpy(), k=k + 1)
+    i = torch.arange(n).repeat_interleave(k)
+    j = torch.from_numpy(nn[:, 1:].reshape(-1)).long()
+    pairs = torch.unique(torch.stack([torch.minimum(i, j), torch.maximum(i, j)], 1), dim=0)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]  # coincident centres can list a point as its own neighbour
+    i, j = pairs[:, 0], pairs[:, 1]
+    delta = m[j] - m[i]
+    d = delta.norm(dim=-1)
+    ok = d > 0
+    i, j, delta, d = i[ok], j[ok], delta[ok], d[ok]
+    u = delta / d[:, None]
+    scales = model.scales.detach().cpu().double()
+    quats = model.params["quats"].detach().cpu().double()
+    r_i = ellipsoid_radius(scales[i], quats[i], u, sigmas)
+    r_j = ellipsoid_radius(scales[j], quats[j], u, sigmas)
+    gap = d - r_i - r_j
+    keep = gap > 0
+    return {"i": i[keep], "j": j[keep], "gap": gap[keep], "u": u[keep], "r_i": r_i[keep]}
+
+
+def densify_compactness(model: GaussianModel, optimizer: torch.optim.Optimizer | None, cfg) -> dict[str, int]:
+    """Fill each gap found by :func:`compactness_gaps` (``cfg.compactness_k`` neighbours,
+    ``cfg.compactness_sigmas``) with one new Gaussian, as GSGen does: centred in the middle of the
+    gap, isotropic with standard deviation gap / 6 (so its 3-sigma ball spans the gap), with the
+    rotation, opacity and colour of Gaussian i. The largest gaps first within
+    ``cfg.max_gaussians``; new Gaussians start with zero Adam moments."""
+    with torch.no_grad():
+        g = compactness_gaps(model, cfg.compactness_k, cfg.compactness_sigmas)
+        room = max(cfg.max_gaussians - len(model), 0)
+        order = torch.argsort(g["gap"], descending=True)[:room]
+        i, gap, u, r_i = g["i"][order], g["gap"][order], g["u"][order], g["r_i"][order]
+        n_new = len(i)
+        if n_new:
+            dev = model.device
+            m = model.means.detach().cpu().double()
+            new_means = (m[i] + u * (r_i + gap / 2)[:, None]).to(dev, model.means.dtype)
+            new_scales = torch.log(gap / 6.0)[:, None].expand(-1, 3).to(dev, model.params["scales"].dtype)
+            idx = i.to(dev)
+
+            def grow(name: str, t: Tensor) -> Tensor:
+                if name == "means":
+                    return torch.cat([t, new_means])
+                if name == "scales":
+                    return torch.cat([t, new_scales])
+                return torch.cat([t, t[idx]])
+
+            def grow_state(name: str, t: Tensor) -> Tensor:
+                return torch.cat([t, t.new_zeros((n_new, *t.shape[1:]))])
+
+            _replace_params(model, optimizer, grow, grow_state)
+    return {"filled": n_new, "total": len(model)}
 
 
 def reset_opacity(model: GaussianModel, optimizer: torch.optim.Optimizer | None, max_opacity: float = 0.01

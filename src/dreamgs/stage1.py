@@ -27,6 +27,7 @@ from .errors import ConfigError
 from .estimate import SIZE_EXPONENT
 from .fit import reference_loss
 from .gaussians import GaussianModel
+from .init import initial_gaussians
 from .priors.base import Prior
 from .priors.distill import build_rule
 from .progress import Progress
@@ -122,6 +123,10 @@ def warmup_cameras(cfg: Config, progress: float) -> Config:
     half = c.front_warmup_azimuth + (full - c.front_warmup_azimuth) * (progress / c.front_warmup)
     rng = (max(lo, -half), min(hi, half))
     return dataclasses.replace(cfg, camera=dataclasses.replace(c, azimuth_range=rng))
+def points_prior_active(cfg: Config) -> bool:
+    """Whether stage 1 adds the 3D point prior (``points_prior.use``: on, or auto with an oracle prior)."""
+    use = cfg.points_prior.use
+    return use == "on" or (use == "auto" and cfg.prior.kind in ("oracle", "oracle-mv"))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -153,12 +158,21 @@ class Stage1:
         seed = int(cfg.seed or 0)
         g = cfg.gaussians
         if init is None:
-            init = GaussianModel.random_ball(g.num_points, g.init_radius, opacity=g.init_opacity,
-                                             color=g.init_color, sh_degree=g.sh_degree,
-                                             generator=torch.Generator().manual_seed(seed))
+            init = initial_gaussians(cfg, ref, seed)  # gaussians.init: ball | points | mesh | silhouette | depth
         self.model = init.to(self.device)
         self.trainer = GaussianTrainer(self.model, g, cfg.densify, seed, spatial_scale=g.spatial_lr_scale,
                                        max_bad_steps=cfg.stage1.max_bad_steps)
+        # GSGen's geometry stage (stage1.geometry_fraction > 0): the 3D point prior acts only in it and
+        # densification waits for its end; without a split, one stage does both.
+        s1 = cfg.stage1
+        self.geometry_end = round(s1.geometry_fraction * s1.iters) if s1.geometry_fraction > 0 else s1.iters
+        if s1.geometry_fraction > 0:
+            self.trainer.densify_from = self.geometry_end
+        self.points_prior = None
+        if points_prior_active(cfg):
+            from .priors.points import build_point_prior
+
+            self.points_prior = build_point_prior(cfg, prior, seed)
         # DreamGaussian warms the reference losses up, except with Stable-Zero123 (image_sai.yaml).
         w = cfg.stage1.ref_warmup
         self.warmup = w == "on" or (w == "auto" and cfg.prior.kind != "stable-zero123")
@@ -198,6 +212,10 @@ class Stage1:
             reg = (self.model.scales ** 2).sum(-1).mean()
             loss = loss + s1.lambda_scale * reg
             report["scale_reg"] = reg
+        if self.points_prior is not None and step < self.geometry_end:
+            loss_pts = self.points_prior.sds(self.model.means, gen)
+            loss = loss + s1.lambda_sds * cfg.points_prior.weight * loss_pts
+            report["points"] = loss_pts
         if self.ref is not None and step % max(1, s1.ref_every) == 0:
             warm = min(1.0, (step + 1) / max(1.0, s1.warmup_fraction * s1.iters)) if self.warmup else 1.0
             white3 = torch.ones(1, 3, device=self.device)

@@ -15,8 +15,8 @@ from torch import Tensor
 
 from .config import DensifyConfig, GaussianConfig
 from .errors import TrainingError
-from .gaussians import DensifyStats, GaussianModel, densify_and_prune, make_optimizer, reset_opacity, \
-    update_learning_rate
+from .gaussians import DensifyStats, GaussianModel, densify_and_prune, densify_compactness, make_optimizer, \
+    prune_gaussians, reset_opacity, update_learning_rate
 from .render import RenderOutput
 
 
@@ -43,6 +43,7 @@ class GaussianTrainer:
         self.bad_steps = 0
         self.max_bad_steps = max_bad_steps
         self.last_densify: dict[str, int] = {}
+        self.densify_from = 0  # no densification before this step (stage 1 sets GSGen's geometry stage end)
         self.last_report: dict[str, float] = {}
         update_learning_rate(self.optimizer, 0, gcfg, spatial_scale)
 
@@ -80,8 +81,14 @@ class GaussianTrainer:
         update_learning_rate(self.optimizer, self.step_count, self.gcfg, self.spatial_scale)
         d = self.dcfg
         s = self.step_count
-        if d.enabled and d.start <= s < d.stop and s % d.interval == 0:
-            self.last_densify = densify_and_prune(self.model, self.optimizer, self.stats, d, self.generator)
+        if d.enabled and max(d.start, self.densify_from) <= s < d.stop and s % d.interval == 0:
+            self.last_densify = {}
+            if d.mode in ("grad", "both"):
+                self.last_densify = densify_and_prune(self.model, self.optimizer, self.stats, d, self.generator)
+            if d.mode in ("compactness", "both"):  # GSGen: after the gradient densification
+                self.last_densify.update(densify_compactness(self.model, self.optimizer, d))
+                if d.mode == "compactness":
+                    self.last_densify["pruned"] = prune_gaussians(self.model, self.optimizer, d)
             self.stats = DensifyStats.zeros(len(self.model), self.model.device)
         if d.enabled and d.opacity_reset_interval and s % d.opacity_reset_interval == 0 and s < d.stop:
             reset_opacity(self.model, self.optimizer)
