@@ -140,8 +140,11 @@ class NerfStage1:
     """DreamFusion's optimisation, one :meth:`step` at a time (the interface of :class:`dreamgs.stage1.Stage1`)."""
 
     def __init__(self, cfg: Config, prior: Prior, ref=None, device: torch.device | str = "cpu",
-                 init: NerfModel | None = None):
+                 init: NerfModel | None = None, distill=None):
+        from .priors.distill import build_rule
+
         self.cfg, self.prior, self.ref = cfg, prior, ref
+        self.distill = distill if distill is not None else build_rule(cfg, prior)  # prior.distill: sds, vsd, ism
         self.device = torch.device(device)
         seed = int(cfg.seed or 0)
         g = torch.Generator().manual_seed(seed)
@@ -178,7 +181,7 @@ class NerfStage1:
                                 occupancy_threshold=n.occ_threshold, ambient=n.ambient, diffuse=n.diffuse,
                                 normals=shading != "albedo", bg_fn=bg_fn)
         images = out.images()
-        loss_sds = self.prior.sds(images.clamp(0.0, 1.0) if s1.clamp_render else images, cams, progress)
+        loss_sds = self.distill(images.clamp(0.0, 1.0) if s1.clamp_render else images, cams, progress)
         ramp = min(1.0, progress / n.orient_warmup) if n.orient_warmup > 0 else 1.0
         loss = s1.lambda_sds * loss_sds + n.lambda_orient * ramp * out.orient
         report = {"sds": loss_sds, "orient": out.orient, "facing_away": out.facing_away}
