@@ -11,6 +11,9 @@ Variants (config overrides on top of ``--config``):
 - ``ball``: the default start and settings (DreamGaussian);
 - ``points``: the 3D point prior in GSGen's geometry stage (the first 2/15 of the steps);
 - ``points_all``: the 3D point prior throughout;
+- ``points_all_t03``, ``points_all_t01``: ... with timesteps below 0.3 T or 0.1 T only (the
+  per-point oracle's pull at large t is towards the centroid of the surface);
+- ``points_t01``: the geometry-stage point prior with timesteps below 0.1 T;
 - ``compact``: compactness densification instead of the gradient rule;
 - ``both_densify``: gradient then compactness densification (GSGen's legacy mode);
 - ``noisy_points``: start from 4096 points on the true surface with Gaussian noise (std 0.02)
@@ -39,6 +42,9 @@ VARIANTS = {
     "ball": [],
     "points": ["points_prior.use=on", "stage1.geometry_fraction=0.1333"],
     "points_all": ["points_prior.use=on"],
+    "points_all_t03": ["points_prior.use=on", "points_prior.t_max=0.3"],
+    "points_all_t01": ["points_prior.use=on", "points_prior.t_max=0.1"],
+    "points_t01": ["points_prior.use=on", "points_prior.t_max=0.1", "stage1.geometry_fraction=0.1333"],
     "compact": ["densify.mode=compactness"],
     "both_densify": ["densify.mode=both"],
     "noisy_points": ["gaussians.init=points:{cloud}", "gaussians.init_colors=grey"],
