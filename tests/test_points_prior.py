@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import yaml
 import torch
 
 from dreamgs.config import load_config
@@ -97,16 +98,16 @@ def test_config_keys_and_stage1_wiring():
 
 
 def test_gsgen_preset_loads_and_auto_follows_the_prior():
-    from pathlib import Path
-
     from dreamgs.stage1 import points_prior_active
 
-    gs = Path(__file__).resolve().parents[1] / "src" / "dreamgs" / "configs" / "gsgen.yaml"
-    sd = load_config("text", gs, ["prompt=a mug"])
+    sd = load_config("text", None, ["prompt=a mug", "method=gsgen"])
     assert sd.points_prior.use == "auto" and not points_prior_active(sd)  # no Point-E: off with SD
     assert sd.densify.mode == "both" and not sd.stage2.enabled and sd.stage1.geometry_fraction > 0
-    oracle = load_config("text", gs, ["prompt=a mug", "prior.kind=oracle"])
+    oracle = load_config("text", None, ["prompt=a mug", "prior.kind=oracle", "method=gsgen"])
     assert points_prior_active(oracle)
+    # The user's own values win over the method's; --mesh turns stage 2 on.
+    mine = load_config("text", None, ["prompt=a mug", "method=gsgen", "densify.mode=grad", "stage2.enabled=true"])
+    assert mine.densify.mode == "grad" and mine.stage2.enabled and mine.stage1.geometry_fraction > 0
 
 
 def test_stage1_geometry_stage_runs_the_point_prior_then_densifies():
@@ -129,3 +130,24 @@ def test_stage1_geometry_stage_runs_the_point_prior_then_densifies():
         seen.append(("points" in st.last, len(st.model) > n))
     assert [p for p, _ in seen] == [True] * 3 + [False] * 3  # the point prior: geometry stage only
     assert not any(grew for _, grew in seen[:2]) and any(grew for _, grew in seen[2:])  # densify from step 3
+
+
+def test_method_gsgen_runs_and_exports_the_gaussians_and_the_mesh_only_when_asked(tmp_path):
+    from dreamgs.bench import METHODS
+    from dreamgs.cli import main
+
+    tiny = ["prior.oracle_azimuths=8", "prior.oracle_elevations=[0]", "prior.oracle_resolution=32",
+            "stage1.iters=8", "stage1.render_sizes=[32]", "stage1.size_milestones=[]", "gaussians.num_points=300",
+            "points_prior.surface_samples=256", "points_prior.num_points=64", "densify.interval=4",
+            "export.video=false", "stage2.iters=1", "mesh.grid_resolution=32", "device=cpu"]
+    plain, meshed = tmp_path / "plain", tmp_path / "meshed"
+    assert main(["text", "a mug", "--method", "gsgen", "--prior", "oracle:mug", "--quiet", "--out", str(plain),
+                 *tiny]) == 0
+    assert main(["text", "a mug", "--method", "gsgen", "--mesh", "--prior", "oracle:mug", "--quiet", "--out",
+                 str(meshed), *tiny]) == 0
+    (run,), (run_m,) = list(plain.iterdir()), list(meshed.iterdir())
+    assert (run / "model.ply").is_file() and not (run / "model.glb").exists()
+    assert (run_m / "model.ply").is_file() and (run_m / "model.glb").is_file()
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["method"] == "gsgen" and cfg["points_prior"]["use"] == "auto" and cfg["densify"]["mode"] == "both"
+    assert "gsgen" in METHODS

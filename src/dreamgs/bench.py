@@ -159,7 +159,14 @@ def run_dreamfusion(job: Job) -> Path:
     return run_dreamgaussian(job, method="dreamfusion")
 
 
-METHODS: dict[str, MethodFn] = {"dreamgaussian": run_dreamgaussian, "dreamfusion": run_dreamfusion}
+def run_gsgen(job: Job) -> Path:
+    """GSGen's recipe (``method=gsgen``), with stage 2 on so that its mesh is scored like the others'."""
+    job = dataclasses.replace(job, overrides=[*job.overrides, "stage2.enabled=true"])
+    return run_dreamgaussian(job, method="gsgen")
+
+
+METHODS: dict[str, MethodFn] = {"dreamgaussian": run_dreamgaussian, "dreamfusion": run_dreamfusion,
+                                "gsgen": run_gsgen}
 
 
 # ------------------------------------------------------------------------------------------------

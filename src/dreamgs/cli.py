@@ -26,7 +26,10 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", metavar="NAME", help="dreamgaussian (default: 3D Gaussians) | dreamfusion (a NeRF "
-                                                    "with shading); same as method=NAME")
+                                                    "with shading) | gsgen (Gaussians as the result); same as "
+                                                    "method=NAME")
+    p.add_argument("--mesh", action="store_true", help="also export the textured mesh (stage 2) where the method's "
+                                                       "result is the Gaussians (gsgen); same as stage2.enabled=true")
     p.add_argument("--prior", metavar="KIND",
                    help="sd | zero123 | stable-zero123 | mvdream | imagedream | oracle | oracle:ASSET_OR_FILE "
                         "| oracle-mv[:ASSET_OR_FILE] (oracle = the built-in exact prior, works offline; "
@@ -67,6 +70,8 @@ def _generation_overrides(args) -> list[str]:
     ov = []
     if getattr(args, "method", None):
         ov.append(f"method={args.method}")
+    if getattr(args, "mesh", False):
+        ov.append("stage2.enabled=true")
     if args.prior:
         kind, _, asset = args.prior.partition(":")
         ov.append(f"prior.kind={kind}")

@@ -527,7 +527,7 @@ def load_config(
     return cfg
 
 
-METHOD_NAMES = ("dreamgaussian", "dreamfusion")
+METHOD_NAMES = ("dreamgaussian", "dreamfusion", "gsgen")
 
 
 def method_preset(method: str) -> dict:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import dreamfusion, dreamgaussian
+from . import dreamfusion, dreamgaussian, gsgen
 
-METHODS: dict[str, ModuleType] = {"dreamgaussian": dreamgaussian, "dreamfusion": dreamfusion}
+METHODS: dict[str, ModuleType] = {"dreamgaussian": dreamgaussian, "dreamfusion": dreamfusion, "gsgen": gsgen}
 
 
 def get_method(name: str) -> ModuleType:
