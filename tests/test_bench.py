@@ -97,6 +97,27 @@ def test_an_interrupted_bench_keeps_the_runs_that_finished(tmp_path):
     assert partial["results"][0]["psnr_masked"] > 30  # the truth, scored
 
 
+def test_a_run_with_no_surface_is_a_failed_row_not_a_crashed_bench(tmp_path):
+    from dreamgs.bench import load_truth, markdown
+    from dreamgs.errors import EmptyModelError
+    from dreamgs.export import save_glb
+
+    def empty_on_seed_1(job):  # seed 0: the true mesh; seed 1: nothing reaches the surface threshold
+        if job.seed == 1:
+            raise EmptyModelError("the model is empty: its density (max 3.9) never reaches nerf.mesh_threshold=5")
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        return save_glb(load_truth(job.asset), job.run_dir / "model.glb")
+
+    report = run_bench({"sometimes-empty": empty_on_seed_1}, ["gen:0"], seeds=(0, 1), out_dir=tmp_path,
+                       baselines=False, device="cpu", progress=False)
+    ok, failed = sorted(report["results"], key=lambda r: r["seed"])
+    assert ok["psnr_masked"] > 30 and "failed" not in ok
+    assert failed["failed"].startswith("the model is empty") and failed["psnr_masked"] is None
+    assert report["complete"] and json.loads((tmp_path / "bench.json").read_text())["results"][1]["failed"]
+    md = markdown(report)
+    assert "| 2 (1 failed) |" in md and "**1 of 2 runs failed**" in md
+
+
 def test_bench_cli_rejects_unknown_assets_and_methods(tmp_path, capsys):
     from dreamgs.cli import main
 

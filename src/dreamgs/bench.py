@@ -41,7 +41,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .errors import InputError
+from .errors import EmptyModelError, InputError, TrainingError
 
 BASELINES = ("truth", "lookup", "turned15", "turned20", "turned30", "flat", "blob")
 SETTINGS = {
@@ -294,9 +294,14 @@ def _run_job(job: Job, method: MethodFn, truth: Truth) -> dict:
     from .mesh.io import load_mesh
 
     t0 = time.perf_counter()
-    glb = method(job)
-    seconds = time.perf_counter() - t0
     row = {"method": job.method, "mode": job.mode, "setting": job.setting, "asset": job.asset, "seed": job.seed}
+    try:
+        glb = method(job)
+    except (EmptyModelError, TrainingError) as e:  # the method failed on this run: a result, not a crash
+        row.update({k: None for k in SCORE_KEYS}, failed=str(e), seconds=time.perf_counter() - t0,
+                   run_dir=str(job.run_dir))
+        return row
+    seconds = time.perf_counter() - t0
     row.update(score_mesh(load_mesh(glb), truth))
     row["seconds"] = seconds
     row["run_dir"] = str(job.run_dir)
@@ -382,6 +387,9 @@ def _slug(asset: str) -> str:
 
 
 def _line(r: dict, k: int, n: int, t_start: float) -> str:
+    if r.get("failed"):
+        return (f"bench [{k}/{n}] {r['method']} {asset_label(r['asset'])} seed {r['seed']}: FAILED ({r['failed']}), "
+                f"{r['seconds']:.0f} s ({time.perf_counter() - t_start:.0f} s elapsed)")
     return (f"bench [{k}/{n}] {r['method']} {asset_label(r['asset'])} seed {r['seed']}: masked PSNR "
             f"{r['psnr_masked']:.2f} dB, Chamfer {r['chamfer_pct']:.2f}%, pose {r['pose_offset_deg']:+.0f} deg, "
             f"{r['seconds']:.0f} s ({time.perf_counter() - t_start:.0f} s elapsed)")
@@ -408,6 +416,9 @@ def _stat(values: list) -> str:
 
 METRICS = (("psnr", "PSNR (dB)"), ("psnr_masked", "masked PSNR (dB)"), ("chamfer_pct", "Chamfer (% diag)"),
            ("pose_offset_deg", "pose offset (deg)"), ("saturation_delta", "saturation − truth"))
+# A failed run (no surface, or diverged) has none of these; it is counted, not averaged.
+SCORE_KEYS = tuple(k for k, _ in METRICS) + ("saturation", "front_vs_front", "front_vs_back", "back_vs_back",
+                                             "back_vs_front")
 
 
 def summary_rows(report: dict) -> list[dict]:
@@ -416,7 +427,7 @@ def summary_rows(report: dict) -> list[dict]:
     for m in report["methods"]:
         rs = [r for r in report["results"] if r["method"] == m]
         if rs:
-            rows.append({"name": m, "kind": "method", "n": len(rs),
+            rows.append({"name": m, "kind": "method", "n": len(rs), "failed": sum(1 for r in rs if r.get("failed")),
                          **{k: [r.get(k) for r in rs] for k, _ in METRICS + (("seconds", ""),
                                                                               ("front_vs_front", ""),
                                                                               ("front_vs_back", ""))}})
@@ -434,7 +445,14 @@ def verdicts(report: dict) -> list[str]:
     for m in report["methods"]:
         if m not in rows:
             continue
-        mine = statistics.fmean(rows[m]["psnr_masked"])
+        scored = [v for v in rows[m]["psnr_masked"] if v is not None]
+        failed = rows[m]["failed"]
+        if failed:
+            lines.append(f"- {m}: **{failed} of {rows[m]['n']} runs failed** (no surface, or diverged); the means "
+                         "are over the others")
+        if not scored:
+            continue
+        mine = statistics.fmean(scored)
         for b in BASELINES[1:]:
             if b in rows:
                 d = mine - statistics.fmean(rows[b]["psnr_masked"])
@@ -456,7 +474,8 @@ def markdown(report: dict) -> str:
         fb = (f"{_stat(r['front_vs_front'])} / {_stat(r['front_vs_back'])}" if r["kind"] == "method" else "")
         t = _stat(r["seconds"]) if r["kind"] == "method" else ""
         name = r["name"] if r["kind"] == "method" else f"*{r['name']}*"
-        lines.append(f"| {name} | " + " | ".join(_stat(r[k]) for k, _ in METRICS) + f" | {fb} | {t} | {r['n']} |")
+        n = f"{r['n']} ({r['failed']} failed)" if r.get("failed") else str(r["n"])
+        lines.append(f"| {name} | " + " | ".join(_stat(r[k]) for k, _ in METRICS) + f" | {fb} | {t} | {n} |")
     per_asset = ["", "## Per asset (methods: mean ± std over seeds)", "",
                  "| asset | method / baseline | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for a in report["assets"]:
@@ -477,7 +496,7 @@ def contact_sheet(report: dict, max_assets: int = 3) -> np.ndarray:
     for a in report["assets"][:max_assets]:
         rows = [r for r in report["baselines"] if r["asset"] == a and r["name"] == "truth"]
         for m in report["methods"]:
-            rows += [r for r in report["results"] if r["asset"] == a and r["method"] == m][:1]
+            rows += [r for r in report["results"] if r["asset"] == a and r["method"] == m and "_sheet" in r][:1]
         rows += [r for r in report["baselines"] if r["asset"] == a and r["name"] != "truth"]
         for r in rows:
             tiles.extend(list(r["_sheet"]))

@@ -19,6 +19,10 @@ class InputError(DreamGSError, ValueError):
     """An input file or argument (image, prompt, .ply, mesh) is missing or malformed."""
 
 
+class EmptyModelError(InputError):
+    """A trained or loaded model has no surface to mesh (a method's failure, not always the user's)."""
+
+
 class ModelNotFoundError(DreamGSError):
     """Diffusion weights could not be found locally or downloaded."""
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..config import MeshConfig
-from ..errors import InputError
+from ..errors import EmptyModelError, InputError
 from ..gaussians import GaussianModel, quat_to_rotmat
 from .core import Mesh
 
@@ -78,7 +78,7 @@ class _Splats:
 def _kept(model: GaussianModel, opacity_threshold: float) -> Tensor:
     keep = model.opacities.detach() > opacity_threshold
     if not bool(keep.any()):
-        raise InputError(f"the model is empty: none of its {len(model)} Gaussians has an opacity "
+        raise EmptyModelError(f"the model is empty: none of its {len(model)} Gaussians has an opacity "
                          f"above {opacity_threshold:g}")
     return keep
 
@@ -593,7 +593,7 @@ def mesh_from_grid(grid: DensityGrid, cfg: MeshConfig, threshold: float,
     values = np.pad(grid.values.double().cpu().numpy(), 1)
     thr = float(threshold)
     if not (values > thr).any():
-        raise InputError(f"the model is empty: its density (max {values.max():.3g}) never reaches "
+        raise EmptyModelError(f"the model is empty: its density (max {values.max():.3g}) never reaches "
                          f"{threshold_key}={thr:g}")
     if cfg.fill_cavities:
         values = fill_cavities(values, thr)
@@ -610,6 +610,6 @@ def mesh_from_grid(grid: DensityGrid, cfg: MeshConfig, threshold: float,
         verts, faces = clean_mesh(verts, faces, tol, cfg.min_component_fraction)
         t = _lap(timings, "cleanup", t, device)
     if len(faces) == 0:
-        raise InputError("the model is empty: no surface left after mesh clean-up")
+        raise EmptyModelError("the model is empty: no surface left after mesh clean-up")
     return Mesh(torch.as_tensor(verts, dtype=torch.float32, device=device),
                 torch.as_tensor(faces, dtype=torch.int64, device=device))
