@@ -629,6 +629,23 @@ def preset_line(cfg: Config) -> str:
     return "preset: full (DreamGaussian's sizes; --preset preview for a quick run on a CPU)"
 
 
+INIT_KINDS = ("ball", "points", "mesh", "silhouette", "depth")
+
+
+def parse_init(spec: str) -> tuple[str, str]:
+    """``gaussians.init`` -> (kind, file or asset); raises ConfigError for a malformed value."""
+    kind, _, arg = (spec or "ball").partition(":")
+    kind = kind.strip()
+    if kind not in INIT_KINDS:
+        raise ConfigError(f"gaussians.init: unknown start '{spec}' (expected ball, points:FILE, mesh:FILE, "
+                          "silhouette or depth:FILE)")
+    if kind in ("points", "mesh", "depth") and not arg.strip():
+        raise ConfigError(f"gaussians.init: '{kind}' needs a file, e.g. {kind}:FILE")
+    if kind in ("ball", "silhouette") and arg:
+        raise ConfigError(f"gaussians.init: '{kind}' takes no argument (got '{spec}')")
+    return kind, arg.strip()
+
+
 def validate(cfg: Config) -> None:
     """Check value ranges that the types alone cannot express."""
     if cfg.mode not in ("text", "image"):
@@ -709,8 +726,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError("gaussians.num_points must be at least 1")
     if not 0 <= cfg.gaussians.sh_degree <= 3:
         raise ConfigError("gaussians.sh_degree must be between 0 and 3")
-    from .init import parse_init
-
     parse_init(cfg.gaussians.init)
     g = cfg.gaussians
     if g.init_colors not in ("file", "random", "grey"):

@@ -41,25 +41,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .config import parse_init
 from .errors import ConfigError, InputError
 from .gaussians import GaussianModel, sh_to_rgb
-
-INIT_KINDS = ("ball", "points", "mesh", "silhouette", "depth")
-
-
-def parse_init(spec: str) -> tuple[str, str]:
-    """``gaussians.init`` -> (kind, file or asset); raises ConfigError for a malformed value."""
-    kind, _, arg = (spec or "ball").partition(":")
-    kind = kind.strip()
-    if kind not in INIT_KINDS:
-        raise ConfigError(f"gaussians.init: unknown start '{spec}' (expected ball, points:FILE, mesh:FILE, "
-                          "silhouette or depth:FILE)")
-    if kind in ("points", "mesh", "depth") and not arg.strip():
-        raise ConfigError(f"gaussians.init: '{kind}' needs a file, e.g. {kind}:FILE")
-    if kind in ("ball", "silhouette") and arg:
-        raise ConfigError(f"gaussians.init: '{kind}' takes no argument (got '{spec}')")
-    return kind, arg.strip()
-
 
 # ------------------------------------------------------------------------------------------------
 # Reading point clouds and meshes
