@@ -151,8 +151,7 @@ class Stage1:
         self.distill = distill if distill is not None else build_rule(cfg, prior)
         # prior.guidance_schedule drives the (main) prior's guidance in stage 1; run() puts the
         # configured scale back for stage 2
-        main = prior.parts[0][2] if hasattr(prior, "parts") else prior
-        self._guidance = getattr(main, "guidance_scale", None)
+        self._guidance = prior.get_guidance() if hasattr(prior, "get_guidance") else None
         self.device = torch.device(device)
         seed = int(cfg.seed or 0)
         g = cfg.gaussians
