@@ -10,7 +10,9 @@ last, matmul VAE attention) and its rule built as stage 1 builds it; a step is t
 guided UNet pair), VSD (that, plus one LoRA training step and the LoRA's prediction), ISM (that,
 plus the DDIM inversion's unconditional UNet calls). Prints per rule the median milliseconds over
 ``--iters`` steps after ``--warmup``, the ratio to SDS and the peak CUDA memory of the steps; one
-JSON line at the end. ``--cpu`` runs it on the CPU (e.g. with a tiny model folder) as a smoke test.
+JSON line at the end. ``--cpu`` runs it on the CPU as a smoke test, e.g. with a tiny model folder at its size::
+
+    python benchmarks/distill_speed.py --model TINY_SD --cpu --size 32 --resolution 32 --set prior.dtype=fp32
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def time_rule(rule: str, args, device: torch.device) -> dict:
         step()
         _sync(device)
         times.append(1000.0 * (time.perf_counter() - t0))
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     out = {"rule": rule, "ms": statistics.median(times), "peak_gib": peak, "guidance": prior.guidance_scale}
     del step_rule, prior
     if device.type == "cuda":
@@ -93,8 +95,9 @@ def main() -> None:
     for r in rows:
         r["x_sds"] = r["ms"] / base if base else None
         ratio = f", {r['x_sds']:.2f}x SDS" if base else ""
+        peak = f", peak {r['peak_gib']:.2f} GiB" if r["peak_gib"] is not None else ""
         print(f"{r['rule']}: {r['ms']:.1f} ms per step (batch {args.batch}, {args.size} px, guidance "
-              f"{r['guidance']:g}){ratio}, peak {r['peak_gib']:.2f} GiB")
+              f"{r['guidance']:g}){ratio}{peak}")
     print(json.dumps({"batch": args.batch, "size": args.size, "device": str(device), "rows": rows}))
 
 

@@ -353,6 +353,8 @@ def test_guidance_schedule_sets_the_scale_over_equal_parts_of_training():
         s1.step()
         seen.append(prior.guidance_scale)
     assert seen == [5.0] * 3 + [3.0] * 3 + [1.0] * 3
+    s1.run(progress=False)
+    assert prior.guidance_scale == 2.0  # the oracle's own scale again for stage 2
     assert load_config("text", overrides=["prompt=a"]).prior.guidance_schedule == ()  # off by default
 
 

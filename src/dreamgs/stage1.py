@@ -154,6 +154,9 @@ class Stage1:
         # The distillation rule (prior.distill: sds, vsd, ism); a copy of a Stage1 shares its rule
         # (VSD's LoRA is attached to the prior's UNet once).
         self.distill = distill if distill is not None else build_rule(cfg, prior)
+        # prior.guidance_schedule drives the (main) prior's guidance in stage 1; run() puts the
+        # configured scale back for stage 2
+        self._guidance = prior.get_guidance() if hasattr(prior, "get_guidance") else None
         self.device = torch.device(device)
         seed = int(cfg.seed or 0)
         g = cfg.gaussians
@@ -240,4 +243,6 @@ class Stage1:
                 bar.update(1, f"loss {self.last.get('loss', math.nan):.4g}, {len(self.model)} Gaussians")
                 if callback is not None:
                     callback(self)
+        if self.cfg.prior.guidance_schedule and self._guidance is not None:
+            self.prior.set_guidance(self._guidance)
         return self.model.detach()

@@ -77,6 +77,10 @@ class Prior(ABC):
         """Set the classifier-free guidance scale (the guidance schedule calls it every step)."""
         self.guidance_scale = float(scale)
 
+    def get_guidance(self) -> float | None:
+        """The classifier-free guidance scale (None for a prior without one)."""
+        return getattr(self, "guidance_scale", None)
+
     @abstractmethod
     def sds(self, images: Tensor, cams: Cameras, progress: float) -> Tensor:
         """Score-distillation loss for rendered ``images`` seen from ``cams``."""

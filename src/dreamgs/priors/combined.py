@@ -57,6 +57,9 @@ class WeightedPriors(Prior):
         """The guidance schedule drives the main prior (``prior.kind``) only."""
         self.parts[0][2].set_guidance(scale)
 
+    def get_guidance(self) -> float | None:
+        return self.parts[0][2].get_guidance()
+
     def sds(self, images: Tensor, cams: Cameras, progress: float) -> Tensor:
         return sum(w * p.sds(images, cams, progress) for _, w, p in self.parts if w != 0)
 
