@@ -49,7 +49,7 @@ def main():
     if device.type == "cuda":
         print(torch.cuda.get_device_name(device), "torch", torch.__version__)
     print(f"| faces | views | size | render + backward (ms) | antialiased (ms) | antialias pass alone, fwd + bwd (ms) "
-          f"| blended pixel pairs | peak memory antialiased (GiB) |")
+          f"| neighbour pairs seeing different faces | peak memory antialiased (GiB) |")
     print("|---|---|---|---|---|---|---|---|")
     for nf in args.faces:
         n = max(4, int(round(math.sqrt(nf / 2))))
