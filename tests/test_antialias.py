@@ -47,8 +47,8 @@ def test_edge_neighbors_match_brute_force():
         for a, tri in enumerate(rows):
             for i in range(3):
                 e = {tri[(i + 1) % 3], tri[(i + 2) % 3]}
-                others = [(b, t) for b, t in enumerate(rows) if b != a and e <= set(t)]
-                want = -1 if len(others) != 1 else (set(others[0][1]) - e).pop()
+                others = [b for b, t in enumerate(rows) if b != a and e <= set(t)]
+                want = others[0] if len(others) == 1 else -1
                 assert got[a, i].item() == want
 
 
@@ -192,7 +192,7 @@ def test_antialiased_alpha_is_closer_to_supersampling():
     hard = (render_mesh(mesh, cams).alpha - ref).abs().mean()
     aa = (render_mesh(mesh, cams, antialias=True).alpha - ref).abs().mean()
     print(f"\nmean |alpha - alpha(ssaa 8)|: hard {hard:.4f}, antialiased {aa:.4f}")
-    assert aa < 0.65 * hard  # per pixel the blend is a 1-D estimate of the coverage, so not exact
+    assert aa < 0.35 * hard  # per pixel the blend is a 1-D estimate of the coverage, so not exact
 
 
 def iou(mesh: Mesh, target: Mesh, cams: Cameras) -> float:

@@ -44,7 +44,10 @@ boundary edge, or the face across it folds back behind it: its far vertex lies o
 of the edge's plane through the camera centre as this triangle's), the front surface is taken to
 cover the pair up to ``t``, and the pixel the edge passes through is blended: the back pixel gets
 ``(t - 1/2) (c_front - c_back)`` when ``t > 1/2``, else the front pixel gets
-``(1/2 - t) (c_back - c_front)``. The blend is continuous as the edge sweeps over a pixel centre,
+``(1/2 - t) (c_back - c_front)``. Where triangles are smaller than a pixel, the segment may leave
+the front triangle through an edge that is not a silhouette: it is then followed into the face
+across that edge, and on, until it leaves a face through a silhouette edge (or ends inside one:
+no blend). The blend is continuous as the edge sweeps over a pixel centre,
 and its derivative in ``t`` carries the gradient to the edge's vertices. Each edge is handled by
 one direction only: horizontal pairs for edges steeper than 45 degrees, vertical pairs for the
 others, so a pixel's coverage is not counted twice.
@@ -358,9 +361,9 @@ def project_vertices(vertices: Tensor, cams: Cameras) -> Tensor:
 
 
 def edge_neighbors(faces: Tensor) -> Tensor:
-    """For each edge of each face, the far corner of the face across it: (F, 3) int64 vertex
-    indices, entry ``i`` for the edge opposite corner ``i`` (between corners ``i + 1`` and ``i + 2``),
-    -1 on boundary edges and on edges shared by more than two faces."""
+    """For each edge of each face, the face across it: (F, 3) int64 face indices, entry ``i`` for
+    the edge opposite corner ``i`` (between corners ``i + 1`` and ``i + 2``), -1 on boundary edges
+    and on edges shared by more than two faces."""
     faces = faces.long()
     nf = faces.shape[0]
     if nf == 0:
@@ -374,8 +377,10 @@ def edge_neighbors(faces: Tensor) -> Tensor:
     pair = counts[inv] == 2
     partner = order[start[inv]] + order[(start[inv] + 1).clamp_max(order.numel() - 1)] - torch.arange(
         3 * nf, device=faces.device)
-    far = faces.reshape(-1)[partner.clamp(0, 3 * nf - 1)]  # the partner edge's opposite corner
-    return torch.where(pair, far, -1).view(nf, 3)
+    return torch.where(pair, partner // 3, -1).view(nf, 3)
+
+
+_MAX_HOPS = 16  # faces a pixel-to-pixel segment may cross before it meets the silhouette
 
 
 def antialias(image: Tensor, fragments: Fragments, verts_hom: Tensor, faces: Tensor,
@@ -386,9 +391,14 @@ def antialias(image: Tensor, fragments: Fragments, verts_hom: Tensor, faces: Ten
 
     Returns the blended image, differentiable with respect to ``image`` and ``verts_hom`` (so to
     the vertex positions and the cameras). Pixels away from silhouettes are returned unchanged.
-    ``neighbors``: :func:`edge_neighbors` of ``faces``, to reuse it across calls. Each pair of
-    pixels adds one blend to one pixel, so a pixel between silhouettes on several sides (a feature
-    thinner than a pixel) may leave the range of the inputs.
+    ``neighbors``: :func:`edge_neighbors` of ``faces``, to reuse it across calls.
+
+    Triangles smaller than a pixel: when the segment between the two pixel centres leaves the
+    front pixel's triangle through an edge that is not a silhouette, it is followed into the face
+    across that edge, and so on (up to 16 faces), until it leaves through a silhouette edge (which
+    then sets the blend) or ends inside a face (no blend). Each pair of pixels adds one blend to
+    one pixel, so a pixel between silhouettes on several sides (a feature thinner than a pixel)
+    may leave the range of the inputs.
     """
     if image.dim() != 4:
         raise ValueError(f"antialias: image must be (C, H, W, K), got {tuple(image.shape)}")
@@ -405,6 +415,7 @@ def antialias(image: Tensor, fragments: Fragments, verts_hom: Tensor, faces: Ten
     fid_flat = fid.reshape(-1)
     depth = fragments.depth.to(image.device).reshape(-1)
     flat = image.reshape(C * H * W, K)
+    vh = verts_hom.detach().double()
     targets, deltas = [], []
     for horizontal in (True, False):
         if horizontal:
@@ -420,36 +431,24 @@ def antialias(image: Tensor, fragments: Fragments, verts_hom: Tensor, faces: Ten
         f0, f1 = fid_flat[p0], fid_flat[p1]
         first = (f1 < 0) | ((f0 >= 0) & (depth[p0] <= depth[p1]))  # pixel 0 sees the front surface
         pf, pb = torch.where(first, p0, p1), torch.where(first, p1, p0)
-        ff = torch.where(first, f0, f1)
         xf, yf = (pf % W).double() + 0.5, ((pf // W) % H).double() + 0.5
         xb, yb = (pb % W).double() + 0.5, ((pb // W) % H).double() + 0.5
         with torch.no_grad():
-            P = verts_hom.detach()[c[:, None], faces[ff]].double()  # (N, 3 corners, 3)
-            lines = _edge_lines(P)
-            ef = lines[..., 0] * xf[:, None] + lines[..., 1] * yf[:, None] + lines[..., 2]
-            eb = lines[..., 0] * xb[:, None] + lines[..., 1] * yb[:, None] + lines[..., 2]
-            leaves = eb < 0
-            tt = torch.where(leaves, ef / torch.where(leaves, ef - eb, 1.0), float("inf"))
-            k = tt.argmin(1)  # the edge through which the segment leaves the front triangle
-            n = torch.arange(k.numel(), device=k.device)
-            lk = lines[n, k]
+            face, edge = _walk_to_silhouette(vh, faces, neighbors, c, torch.where(first, f0, f1), xf, yf, xb, yb)
+            ok = face >= 0
+            lk = _edge_lines(vh[c[ok][:, None], faces[face[ok]]])[torch.arange(int(ok.sum()), device=c.device), edge[ok]]
             steep = lk[:, 0].abs() >= lk[:, 1].abs()  # the edge is closer to vertical than to horizontal
-            q = neighbors[ff, k]
-            Q = verts_hom.detach()[c, q.clamp_min(0)].double()
-            own = (lk * P[n, k]).sum(-1)
-            other = (lk * Q).sum(-1)
-            silhouette = (q < 0) | (own * other >= 0)
-            keep = (leaves.any(1) & (steep if horizontal else ~steep) & silhouette).nonzero().squeeze(1)
+            keep = ok.nonzero().squeeze(1)[steep if horizontal else ~steep]
         if keep.numel() == 0:
             continue
-        c, ff, k, pf, pb = c[keep], ff[keep], k[keep], pf[keep], pb[keep]
+        c, g, k, pf, pb = c[keep], face[keep], edge[keep], pf[keep], pb[keep]
         xf, yf, xb, yb = xf[keep], yf[keep], xb[keep], yb[keep]
-        # The crossing, now with gradients: only the chosen edge's line is needed.
-        tri = faces[ff]
+        # The crossing, now with gradients: only the silhouette edge's line is needed.
+        tri = faces[g]
         ka = tri.gather(1, ((k + 1) % 3)[:, None]).squeeze(1)
         kb = tri.gather(1, ((k + 2) % 3)[:, None]).squeeze(1)
-        Pv = verts_hom[c[:, None], tri].to(torch.float64)
-        det = (Pv[:, 0] * _cross(Pv[:, 1], Pv[:, 2])).sum(-1)
+        Pv = vh[c[:, None], tri]
+        det = (Pv[:, 0] * _cross(Pv[:, 1], Pv[:, 2])).sum(-1)  # orientation only: no gradient needed
         line = _cross(verts_hom[c, ka].to(torch.float64), verts_hom[c, kb].to(torch.float64))
         line = line * torch.where(det < 0, -1.0, 1.0).to(line.dtype)[:, None]
         ef = line[:, 0] * xf + line[:, 1] * yf + line[:, 2]
@@ -463,6 +462,52 @@ def antialias(image: Tensor, fragments: Fragments, verts_hom: Tensor, faces: Ten
     if not targets:
         return image
     return flat.index_add(0, torch.cat(targets), torch.cat(deltas)).view(C, H, W, K)
+
+
+def _walk_to_silhouette(vh: Tensor, faces: Tensor, neighbors: Tensor, cam: Tensor, face: Tensor,
+                        xf: Tensor, yf: Tensor, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
+    """Follow each segment from the front pixel centre ``(xf, yf)`` (inside ``face``) towards the
+    back one ``(xb, yb)`` across faces until it leaves one through a silhouette edge.
+
+    Returns ``(face, edge)`` (N,) each: the face and the index of its silhouette edge, face -1
+    where the segment ends inside a face, meets no silhouette within :data:`_MAX_HOPS` faces, or
+    never leaves the starting face."""
+    n = face.numel()
+    out_face = torch.full((n,), -1, dtype=torch.int64, device=face.device)
+    out_edge = torch.zeros(n, dtype=torch.int64, device=face.device)
+    active = torch.arange(n, device=face.device)
+    cur = face.clone()
+    t_in = torch.zeros(n, dtype=torch.float64, device=face.device)
+    for _ in range(_MAX_HOPS):
+        if active.numel() == 0:
+            break
+        g = cur[active]
+        P = vh[cam[active][:, None], faces[g]]  # (A, 3 corners, 3)
+        lines = _edge_lines(P)
+        ef = lines[..., 0] * xf[active, None] + lines[..., 1] * yf[active, None] + lines[..., 2]
+        eb = lines[..., 0] * xb[active, None] + lines[..., 1] * yb[active, None] + lines[..., 2]
+        # Along the segment, e(t) = ef + t (eb - ef): the face is left at the smallest root of a
+        # falling edge function.
+        falling = eb < ef
+        root = torch.where(falling, ef / torch.where(falling, ef - eb, 1.0), float("inf"))
+        t_out, k = root.min(1)
+        leaves = t_out < 1.0  # else the segment ends inside this face: no silhouette between the pixels
+        rows = torch.arange(active.numel(), device=face.device)
+        nb = neighbors[g, k]
+        # Silhouette: no face across the edge, or the face across folds back behind it (its far
+        # corner lies on the same side of the edge's plane through the camera centre as ours).
+        Q = vh[cam[active], torch.where(nb >= 0, faces[nb.clamp_min(0)].sum(1) - faces[g].sum(1)
+                                        + faces[g, k], 0)]
+        lk = lines[rows, k]
+        silhouette = (nb < 0) | ((lk * P[rows, k]).sum(-1) * (lk * Q).sum(-1) >= 0)
+        found = leaves & silhouette
+        out_face[active[found]] = g[found]
+        out_edge[active[found]] = k[found]
+        go = leaves & ~silhouette & (t_out >= t_in[active] - 1e-9)
+        cur[active[go]] = nb[go]
+        t_in[active[go]] = t_out[go]
+        active = active[go]
+    return out_face, out_edge
 
 
 def _edge_lines(P: Tensor) -> Tensor:
