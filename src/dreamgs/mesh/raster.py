@@ -51,6 +51,13 @@ no blend). The blend is continuous as the edge sweeps over a pixel centre,
 and its derivative in ``t`` carries the gradient to the edge's vertices. Each edge is handled by
 one direction only: horizontal pairs for edges steeper than 45 degrees, vertical pairs for the
 others, so a pixel's coverage is not counted twice.
+
+What it does not do (as nvdiffrast's pass does not): the blend of a pair is set by the first
+silhouette edge met from the front pixel, so where a surface folds and a farther part of it peeks
+out beyond that edge (bumpy meshes near their outline), or where a silhouette vertex or an edge
+turning past 45 degrees crosses a pixel centre, the antialiased image still jumps a little. It is
+continuous for a straight edge sweeping over pixel centres; the sum of a triangle's antialiased
+coverage follows its projected area (tests/test_antialias.py).
 """
 
 from __future__ import annotations
