@@ -247,7 +247,7 @@ class Stage2Config:
     # with the texture, renders antialiased at silhouettes (mesh.raster.antialias) so that they
     # carry gradients to the vertices; the regularisers keep the surface clean (mesh.regularize).
     geometry: bool = False
-    geometry_lr: float = 1e-3  # Adam on the vertex offsets (DreamGaussian: 1e-4, with no regulariser)
+    geometry_lr: float = 3e-3  # Adam on the vertex offsets (chosen on dev at CI size; DreamGaussian: 1e-4, no regulariser)
     lambda_laplacian: float = 1.0  # uniform Laplacian of the offsets (smooth deformations, no shrinking)
     lambda_normal: float = 0.0  # normal consistency (1 - cos) of neighbouring faces of the deformed mesh
 
