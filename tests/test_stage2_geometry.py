@@ -13,7 +13,6 @@ from dreamgs.errors import ConfigError
 from dreamgs.mesh import Mesh
 from dreamgs.mesh.raster import rasterize
 from dreamgs.mesh.texture import unwrap
-from dreamgs.priors import load_prior
 from dreamgs.stage2 import refine_texture
 
 TINY = ["prior.kind=oracle", "prompt=a die", "seed=0", "stage2.render_size=48", "stage2.batch_size=2",

@@ -443,7 +443,8 @@ def antialias(image: Tensor, fragments: Fragments, verts_hom: Tensor, faces: Ten
         with torch.no_grad():
             face, edge = _walk_to_silhouette(vh, faces, neighbors, c, torch.where(first, f0, f1), xf, yf, xb, yb)
             ok = face >= 0
-            lk = _edge_lines(vh[c[ok][:, None], faces[face[ok]]])[torch.arange(int(ok.sum()), device=c.device), edge[ok]]
+            rows = torch.arange(int(ok.sum()), device=c.device)
+            lk = _edge_lines(vh[c[ok][:, None], faces[face[ok]]])[rows, edge[ok]]
             steep = lk[:, 0].abs() >= lk[:, 1].abs()  # the edge is closer to vertical than to horizontal
             keep = ok.nonzero().squeeze(1)[steep if horizontal else ~steep]
         if keep.numel() == 0:
