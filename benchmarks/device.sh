@@ -4,7 +4,8 @@
 #     bash benchmarks/device.sh STEP [STEP ...]
 #
 # Steps: env, gsplat (JIT-compile gsplat's CUDA code), render, quality, models, prior, compile, mesh,
-# pipeline, resume, turntable, mvdream, mvdream-pipeline, distill-speed, dreamfusion; bench-ci, bench-distill,
+# pipeline, resume, turntable, mvdream, mvdream-pipeline, distill-speed, dreamfusion, antialias; bench-ci, bench-distill,
+# bench-geometry,
 # bench-dreamfusion, bench-gsgen, gsgen-parts, bench-hard, bench-hard-mv, bench-full, preview-dev, preview-ablate, fidelity (docs/quality.md,
 # docs/fidelity.md: their reports are packed into $OUT/reports.tar.gz). Each step's output goes to $OUT/<step>.log (default OUT=/tmp/out).
 # The machine has torch but not our other dependencies: they travel as wheels in .whl/ (not
@@ -191,6 +192,17 @@ PY
                 python3 -m dreamgs.cli bench --assets test --seeds ${SEEDS:-3} --mode $m --device cuda --jobs ${JOBS:-8} \
                     --config benchmarks/gsgen_ci_size.yaml --out /tmp/reports/bench-gsgen-$m
             done ;;
+        antialias)  # issue 17: the antialiased torch mesh raster at 512² per step (render + backward, learnable
+            # vertices and texture), beside the plain raster, 20k and 100k faces, 1 and 4 views
+            python3 benchmarks/antialias_speed.py --device cuda --size 512 ;;
+        bench-geometry)  # issue 17: stage2.geometry on and off (GEOMETRY), text, test split at CI size, 3 seeds;
+            # both at once, JOBS runs each
+            export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+            for g in ${GEOMETRY:-false true}; do
+                python3 -m dreamgs.cli bench --assets test --seeds ${SEEDS:-3} --mode text --device cuda --jobs ${JOBS:-8} \
+                    --config benchmarks/ci_size.yaml --out /tmp/reports/bench-geometry-$g stage2.geometry=$g &
+            done
+            wait ;;
         fidelity)
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
             python3 benchmarks/fidelity.py --items ${ITEMS:-1,2,3,4,5,6,7,8} --device cuda --jobs ${JOBS:-8} --out /tmp/reports/fidelity ;;

@@ -126,3 +126,22 @@ def test_bench_cli_rejects_unknown_assets_and_methods(tmp_path, capsys):
     assert main(["bench", "--methods", "nope", "--assets", "house", "--out", str(tmp_path / "b")]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
     assert asset_label("/x/y/robot.glb") == "robot" and asset_label("gen:3") == "gen:3"
+
+
+@pytest.mark.parametrize("mode", ["text", "image"])
+def test_runs_use_the_bench_config_file(tmp_path, monkeypatch, mode):
+    """``--config FILE`` reaches the method's runs, not only the truth's cameras."""
+    import dreamgs.pipeline as pipeline
+    from dreamgs.bench import Job
+
+    seen = {}
+
+    def fake_generate(prompt=None, *, image=None, config=None, overrides=(), seed=None, run_dir=None, progress=True):
+        seen["cfg"] = pipeline.resolve_config(prompt, image, config, overrides, seed)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "generate", fake_generate)
+    with pytest.raises(KeyboardInterrupt):
+        run_dreamgaussian(Job("dreamgaussian", mode, "standard", "gen:0", 0, [], tmp_path / "run", "cpu", str(CI_SIZE)))
+    cfg = seen["cfg"]
+    assert cfg.stage1.iters == 300 and tuple(cfg.stage1.render_sizes) == (64,) and cfg.stage2.iters == 20

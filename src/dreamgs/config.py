@@ -243,6 +243,13 @@ class Stage2Config:
     lambda_ref: float = 1.0  # image mode: reference-view colour loss (DreamGaussian: 1)
     ref_mask: str = "render"  # render: rendered alpha and view cosine > 0.5 (DreamGaussian) | input: the input's alpha
     max_bad_steps: int = 10  # non-finite steps tolerated before giving up
+    # Geometry refinement (issue 17; DreamGaussian's train_geo): learnable vertex offsets trained
+    # with the texture, renders antialiased at silhouettes (mesh.raster.antialias) so that they
+    # carry gradients to the vertices; the regularisers keep the surface clean (mesh.regularize).
+    geometry: bool = False
+    geometry_lr: float = 3e-3  # Adam on the vertex offsets (chosen on dev at CI size; DreamGaussian: 1e-4, no regulariser)
+    lambda_laplacian: float = 1.0  # uniform Laplacian of the offsets (smooth deformations, no shrinking)
+    lambda_normal: float = 0.0  # normal consistency (1 - cos) of neighbouring faces of the deformed mesh
 
 
 @dataclass
@@ -720,6 +727,8 @@ def validate(cfg: Config) -> None:
     s2 = cfg.stage2
     if s2.ddim_steps < 1 or not (0.0 <= s2.strength_start <= 1.0 and 0.0 <= s2.strength_end <= 1.0):
         raise ConfigError("stage2.ddim_steps must be at least 1 and stage2.strength_start/end within [0, 1]")
+    if s2.geometry_lr <= 0 or s2.lambda_laplacian < 0 or s2.lambda_normal < 0:
+        raise ConfigError("stage2.geometry_lr must be positive and stage2.lambda_laplacian, lambda_normal >= 0")
     if cfg.gaussians.spatial_lr_scale <= 0:
         raise ConfigError("gaussians.spatial_lr_scale must be positive")
     if cfg.gaussians.num_points < 1:

@@ -9,11 +9,17 @@ The noise level falls over the steps, i.e. the refinement trusts the render more
 ``noise_start`` -> ``noise_end`` with ``linear``). In image mode the reference view's colour is
 added, where the rendered mesh faces the camera (or, with ``stage2.ref_mask=input``, where the
 input shows the object).
+
+With ``stage2.geometry=true`` (DreamGaussian's ``train_geo``) the vertices move too: learnable
+offsets in their own Adam group, renders antialiased at silhouettes so that the image loss
+reaches the vertices, and a Laplacian (of the offsets) and a normal-consistency regulariser. The
+faces are kept, so the mesh stays as watertight as it was extracted and within the face budget.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -110,28 +116,37 @@ def refine_texture(mesh: Mesh, prior: Prior, cfg: Config, ref=None, generator: t
     tex = mesh.texture.clamp(1e-4, 1 - 1e-4)
     logits = torch.logit(tex).detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=s2.lr)
+    offsets = None
+    if s2.geometry:  # DreamGaussian's train_geo: vertex offsets in their own Adam group
+        offsets = torch.zeros_like(mesh.vertices, requires_grad=True)
+        opt.add_param_group({"params": [offsets], "lr": s2.geometry_lr})
     gen = generator or torch.Generator().manual_seed(int(cfg.seed or 0))
     stats = {} if stats is None else stats
     stats["bad_steps"] = 0
     bar = Progress("stage 2: texture", s2.iters, "steps", enabled=progress)
     for step in range(s2.iters):
         textured = mesh.with_texture(torch.sigmoid(logits))
+        if offsets is not None:
+            textured = replace(textured, vertices=mesh.vertices + offsets)
         # multi-view priors refine whole view groups (see stage1.step_cameras)
         cams = step_cameras(cfg, prior, s2.batch_size, s2.render_size, dev, gen, relative=ref is not None)
         views = len(cams) // s2.batch_size
         white = (torch.rand(s2.batch_size, generator=gen) < cfg.stage1.white_background_prob).repeat_interleave(views)
         bg = white.float()[:, None].expand(-1, 3).to(dev)
-        out = render_mesh(textured, cams, background=bg)
+        out = render_mesh(textured, cams, background=bg, antialias=s2.geometry)
         images = out.rgb.permute(0, 3, 1, 2)
         target = prior.refine(images.detach(), cams, noise_level(cfg, step), refine_steps(cfg), schedule=s2.sdedit)
         loss = getattr(prior, "refine_weight", 1.0) * F.mse_loss(images, target)
         if ref is not None:
             white3 = torch.ones(3, device=dev)
-            r = render_mesh(textured, ref.cams.to(dev), background=white3)
+            r = render_mesh(textured, ref.cams.to(dev), background=white3, antialias=s2.geometry)
             loss = loss + reference_view_loss(r, ref, cfg)
+        if offsets is not None:
+            loss = loss + geometry_regularizer(textured, offsets, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        ok, (loss_value,) = finite_and_floats([loss, logits.grad], [loss])  # one wait for the device
+        checked = [loss, logits.grad] + ([offsets.grad] if offsets is not None else [])
+        ok, (loss_value,) = finite_and_floats(checked, [loss])  # one wait for the device
         if not ok:
             opt.zero_grad(set_to_none=True)
             stats["bad_steps"] += 1
@@ -144,7 +159,24 @@ def refine_texture(mesh: Mesh, prior: Prior, cfg: Config, ref=None, generator: t
             callback(step + 1, loss_value)
         bar.update(1, f"loss {loss_value:.4g}")
     bar.close()
-    return mesh.with_texture(torch.sigmoid(logits).detach())
+    out = mesh.with_texture(torch.sigmoid(logits).detach())
+    if offsets is not None:  # same faces, moved vertices: the topology (watertightness, face count) is kept
+        out = replace(out, vertices=(mesh.vertices + offsets).detach())
+    return out
+
+
+def geometry_regularizer(mesh: Mesh, offsets: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """``stage2.geometry``'s regularisers: the uniform Laplacian of the vertex offsets (smooth
+    deformations; the starting mesh costs nothing) and the normal consistency of the moved mesh."""
+    from .mesh.regularize import laplacian_loss, normal_consistency_loss
+
+    s2 = cfg.stage2
+    loss = offsets.sum() * 0
+    if s2.lambda_laplacian > 0:
+        loss = loss + s2.lambda_laplacian * laplacian_loss(offsets, mesh.faces)
+    if s2.lambda_normal > 0:
+        loss = loss + s2.lambda_normal * normal_consistency_loss(mesh.vertices, mesh.faces)
+    return loss
 
 
 def run_stage2(model: GaussianModel, prior: Prior | None, cfg: Config, ref=None, progress: bool = True,

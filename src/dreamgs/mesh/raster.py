@@ -29,7 +29,35 @@ depths are recomputed in float64.
 
 Gradients: ``bary`` and ``depth`` are differentiable with respect to the vertices (through the
 winning face; visibility and silhouettes carry no gradient). :func:`render_mesh` is
-differentiable with respect to ``mesh.texture`` and ``mesh.vertex_colors``.
+differentiable with respect to ``mesh.texture`` and ``mesh.vertex_colors``, and with
+``antialias=True`` also with respect to ``mesh.vertices`` at silhouettes (:func:`antialias`).
+
+Analytic antialiasing (:func:`antialias`, after nvdiffrast's ``antialias``, Laine et al. 2020).
+A rendered image is a step function of the vertices at silhouettes. The pass looks at every
+pair of horizontally or vertically adjacent pixels that see different faces (or a face and the
+background). The pixel that sees the nearer surface (the "front" pixel; a covered pixel is
+nearer than the background) sees a triangle; the segment between the two pixel centres leaves
+that triangle through one edge, at a fraction ``t`` of the way, with ``t`` a function of the
+projected vertices (edge functions in homogeneous pixel coordinates, so vertices behind the
+camera need no special case). If that edge is a silhouette of the mesh from this camera (a
+boundary edge, or the face across it folds back behind it: its far vertex lies on the same side
+of the edge's plane through the camera centre as this triangle's), the front surface is taken to
+cover the pair up to ``t``, and the pixel the edge passes through is blended: the back pixel gets
+``(t - 1/2) (c_front - c_back)`` when ``t > 1/2``, else the front pixel gets
+``(1/2 - t) (c_back - c_front)``. Where triangles are smaller than a pixel, the segment may leave
+the front triangle through an edge that is not a silhouette: it is then followed into the face
+across that edge, and on, until it leaves a face through a silhouette edge (or ends inside one:
+no blend). The blend is continuous as the edge sweeps over a pixel centre,
+and its derivative in ``t`` carries the gradient to the edge's vertices. Each edge is handled by
+one direction only: horizontal pairs for edges steeper than 45 degrees, vertical pairs for the
+others, so a pixel's coverage is not counted twice.
+
+What it does not do (as nvdiffrast's pass does not): the blend of a pair is set by the first
+silhouette edge met from the front pixel, so where a surface folds and a farther part of it peeks
+out beyond that edge (bumpy meshes near their outline), or where a silhouette vertex or an edge
+turning past 45 degrees crosses a pixel centre, the antialiased image still jumps a little. It is
+continuous for a straight edge sweeping over pixel centres; the sum of a triangle's antialiased
+coverage follows its projected area (tests/test_antialias.py).
 """
 
 from __future__ import annotations
@@ -72,7 +100,7 @@ class MeshRender:
     """:func:`render_mesh` output; every field is 0 (face_id -1) where no face is seen."""
 
     rgb: Tensor  # (C, H, W, 3) colour composited over the background
-    alpha: Tensor  # (C, H, W, 1) coverage in [0, 1] (fractional at edges when ssaa > 1)
+    alpha: Tensor  # (C, H, W, 1) coverage in [0, 1] (fractional at edges when ssaa > 1 or antialiased)
     depth: Tensor  # (C, H, W, 1) camera-space z, mean over the covered subsamples
     normal: Tensor  # (C, H, W, 3) world-space unit face normal (winding: counter-clockwise = outside)
     uv: Tensor  # (C, H, W, 2) texture coordinates, mean over the covered subsamples
@@ -328,6 +356,178 @@ def sample_texture(texture: Tensor, uv: Tensor) -> Tensor:
     return out[0, :, :, 0].t().reshape(*shape, texture.shape[-1])
 
 
+def project_vertices(vertices: Tensor, cams: Cameras) -> Tensor:
+    """Homogeneous pixel coordinates ``P = K (R v + t)`` of ``vertices`` (V, 3) in every camera of
+    ``cams``: (C, V, 3) float64, differentiable. A vertex in front of the camera lands on pixel
+    coordinates ``(P_x / P_z, P_y / P_z)`` (the module's convention: pixel ``(i, j)`` has its
+    centre at ``(j + 0.5, i + 0.5)``); ``P_z`` is its camera-space depth."""
+    cams = cams.to(vertices.device)
+    vm, Ks = cams.viewmats.double(), cams.Ks.double()
+    cam = torch.einsum("cij,vj->cvi", vm[:, :3, :3], vertices.double()) + vm[:, None, :3, 3]
+    return torch.einsum("cij,cvj->cvi", Ks, cam)
+
+
+def edge_neighbors(faces: Tensor) -> Tensor:
+    """For each edge of each face, the face across it: (F, 3) int64 face indices, entry ``i`` for
+    the edge opposite corner ``i`` (between corners ``i + 1`` and ``i + 2``), -1 on boundary edges
+    and on edges shared by more than two faces."""
+    faces = faces.long()
+    nf = faces.shape[0]
+    if nf == 0:
+        return torch.empty(0, 3, dtype=torch.int64, device=faces.device)
+    a, b = faces[:, [1, 2, 0]].reshape(-1), faces[:, [2, 0, 1]].reshape(-1)
+    n = int(faces.max()) + 1
+    key = torch.minimum(a, b) * n + torch.maximum(a, b)
+    _, inv, counts = torch.unique(key, return_inverse=True, return_counts=True)
+    order = torch.argsort(inv, stable=True)  # face-edges grouped by edge
+    start = torch.cumsum(counts, 0) - counts
+    pair = counts[inv] == 2
+    partner = order[start[inv]] + order[(start[inv] + 1).clamp_max(order.numel() - 1)] - torch.arange(
+        3 * nf, device=faces.device)
+    return torch.where(pair, partner // 3, -1).view(nf, 3)
+
+
+_MAX_HOPS = 16  # faces a pixel-to-pixel segment may cross before it meets the silhouette
+
+
+def antialias(image: Tensor, fragments: Fragments, verts_hom: Tensor, faces: Tensor,
+              neighbors: Tensor | None = None) -> Tensor:
+    """Analytic antialiasing at silhouettes (see the module docstring): ``image`` (C, H, W, K)
+    rendered from ``fragments`` of the mesh ``faces`` (F, 3), whose vertices project to
+    ``verts_hom`` (C, V, 3) homogeneous pixel coordinates (:func:`project_vertices`).
+
+    Returns the blended image, differentiable with respect to ``image`` and ``verts_hom`` (so to
+    the vertex positions and the cameras). Pixels away from silhouettes are returned unchanged.
+    ``neighbors``: :func:`edge_neighbors` of ``faces``, to reuse it across calls.
+
+    Triangles smaller than a pixel: when the segment between the two pixel centres leaves the
+    front pixel's triangle through an edge that is not a silhouette, it is followed into the face
+    across that edge, and so on (up to 16 faces), until it leaves through a silhouette edge (which
+    then sets the blend) or ends inside a face (no blend). Each pair of pixels adds one blend to
+    one pixel, so a pixel between silhouettes on several sides (a feature thinner than a pixel)
+    may leave the range of the inputs.
+    """
+    if image.dim() != 4:
+        raise ValueError(f"antialias: image must be (C, H, W, K), got {tuple(image.shape)}")
+    C, H, W, K = image.shape
+    fid = fragments.face_id.to(image.device)
+    if tuple(fid.shape) != (C, H, W):
+        raise ValueError(f"antialias: fragments are {tuple(fid.shape)}, the image is {(C, H, W)}")
+    if verts_hom.dim() != 3 or verts_hom.shape[0] != C or verts_hom.shape[2] != 3:
+        raise ValueError(f"antialias: verts_hom must be ({C}, V, 3), got {tuple(verts_hom.shape)}")
+    faces = faces.to(image.device).long()
+    if neighbors is None:
+        neighbors = edge_neighbors(faces)
+    neighbors = neighbors.to(image.device)
+    fid_flat = fid.reshape(-1)
+    depth = fragments.depth.to(image.device).reshape(-1)
+    flat = image.reshape(C * H * W, K)
+    vh = verts_hom.detach().double()
+    targets, deltas = [], []
+    for horizontal in (True, False):
+        if horizontal:
+            c, i, j = (fid[:, :, :-1] != fid[:, :, 1:]).nonzero(as_tuple=True)
+            step = 1
+        else:
+            c, i, j = (fid[:, :-1, :] != fid[:, 1:, :]).nonzero(as_tuple=True)
+            step = W
+        if c.numel() == 0:
+            continue
+        p0 = (c * H + i) * W + j
+        p1 = p0 + step
+        f0, f1 = fid_flat[p0], fid_flat[p1]
+        first = (f1 < 0) | ((f0 >= 0) & (depth[p0] <= depth[p1]))  # pixel 0 sees the front surface
+        pf, pb = torch.where(first, p0, p1), torch.where(first, p1, p0)
+        xf, yf = (pf % W).double() + 0.5, ((pf // W) % H).double() + 0.5
+        xb, yb = (pb % W).double() + 0.5, ((pb // W) % H).double() + 0.5
+        with torch.no_grad():
+            face, edge = _walk_to_silhouette(vh, faces, neighbors, c, torch.where(first, f0, f1), xf, yf, xb, yb)
+            ok = face >= 0
+            rows = torch.arange(int(ok.sum()), device=c.device)
+            lk = _edge_lines(vh[c[ok][:, None], faces[face[ok]]])[rows, edge[ok]]
+            steep = lk[:, 0].abs() >= lk[:, 1].abs()  # the edge is closer to vertical than to horizontal
+            keep = ok.nonzero().squeeze(1)[steep if horizontal else ~steep]
+        if keep.numel() == 0:
+            continue
+        c, g, k, pf, pb = c[keep], face[keep], edge[keep], pf[keep], pb[keep]
+        xf, yf, xb, yb = xf[keep], yf[keep], xb[keep], yb[keep]
+        # The crossing, now with gradients: only the silhouette edge's line is needed.
+        tri = faces[g]
+        ka = tri.gather(1, ((k + 1) % 3)[:, None]).squeeze(1)
+        kb = tri.gather(1, ((k + 2) % 3)[:, None]).squeeze(1)
+        Pv = vh[c[:, None], tri]
+        det = (Pv[:, 0] * _cross(Pv[:, 1], Pv[:, 2])).sum(-1)  # orientation only: no gradient needed
+        line = _cross(verts_hom[c, ka].to(torch.float64), verts_hom[c, kb].to(torch.float64))
+        line = line * torch.where(det < 0, -1.0, 1.0).to(line.dtype)[:, None]
+        ef = line[:, 0] * xf + line[:, 1] * yf + line[:, 2]
+        eb = line[:, 0] * xb + line[:, 1] * yb + line[:, 2]
+        t = (ef / (ef - eb)).clamp(0.0, 1.0)
+        cf, cb = flat[pf], flat[pb]
+        into_back = t > 0.5
+        w = torch.where(into_back, t - 0.5, 0.5 - t).to(image.dtype)[:, None]
+        targets.append(torch.where(into_back, pb, pf))
+        deltas.append(w * torch.where(into_back[:, None], cf - cb, cb - cf))
+    if not targets:
+        return image
+    return flat.index_add(0, torch.cat(targets), torch.cat(deltas)).view(C, H, W, K)
+
+
+def _walk_to_silhouette(vh: Tensor, faces: Tensor, neighbors: Tensor, cam: Tensor, face: Tensor,
+                        xf: Tensor, yf: Tensor, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
+    """Follow each segment from the front pixel centre ``(xf, yf)`` (inside ``face``) towards the
+    back one ``(xb, yb)`` across faces until it leaves one through a silhouette edge.
+
+    Returns ``(face, edge)`` (N,) each: the face and the index of its silhouette edge, face -1
+    where the segment ends inside a face, meets no silhouette within :data:`_MAX_HOPS` faces, or
+    never leaves the starting face."""
+    n = face.numel()
+    out_face = torch.full((n,), -1, dtype=torch.int64, device=face.device)
+    out_edge = torch.zeros(n, dtype=torch.int64, device=face.device)
+    active = torch.arange(n, device=face.device)
+    cur = face.clone()
+    t_in = torch.zeros(n, dtype=torch.float64, device=face.device)
+    for _ in range(_MAX_HOPS):
+        if active.numel() == 0:
+            break
+        g = cur[active]
+        P = vh[cam[active][:, None], faces[g]]  # (A, 3 corners, 3)
+        lines = _edge_lines(P)
+        ef = lines[..., 0] * xf[active, None] + lines[..., 1] * yf[active, None] + lines[..., 2]
+        eb = lines[..., 0] * xb[active, None] + lines[..., 1] * yb[active, None] + lines[..., 2]
+        # Along the segment, e(t) = ef + t (eb - ef): the face is left at the smallest root of a
+        # falling edge function.
+        falling = eb < ef
+        root = torch.where(falling, ef / torch.where(falling, ef - eb, 1.0), float("inf"))
+        t_out, k = root.min(1)
+        leaves = t_out < 1.0  # else the segment ends inside this face: no silhouette between the pixels
+        rows = torch.arange(active.numel(), device=face.device)
+        nb = neighbors[g, k]
+        # Silhouette: no face across the edge, or the face across folds back behind it (its far
+        # corner lies on the same side of the edge's plane through the camera centre as ours).
+        Q = vh[cam[active], torch.where(nb >= 0, faces[nb.clamp_min(0)].sum(1) - faces[g].sum(1)
+                                        + faces[g, k], 0)]
+        lk = lines[rows, k]
+        silhouette = (nb < 0) | ((lk * P[rows, k]).sum(-1) * (lk * Q).sum(-1) >= 0)
+        found = leaves & silhouette
+        out_face[active[found]] = g[found]
+        out_edge[active[found]] = k[found]
+        go = leaves & ~silhouette & (t_out >= t_in[active] - 1e-9)
+        cur[active[go]] = nb[go]
+        t_in[active[go]] = t_out[go]
+        active = active[go]
+    return out_face, out_edge
+
+
+def _edge_lines(P: Tensor) -> Tensor:
+    """Edge lines (N, 3 edges, 3) of triangles with homogeneous pixel corners ``P`` (N, 3, 3):
+    row ``i`` gives ``e_i(x, y) = l_x x + l_y y + l_z`` for the edge opposite corner ``i``, signed
+    so that the covered side (in front of the camera) is ``e_i >= 0``."""
+    p0, p1, p2 = P.unbind(1)
+    lines = torch.stack([_cross(p1, p2), _cross(p2, p0), _cross(p0, p1)], dim=1)
+    det = (p0 * lines[:, 0]).sum(-1)
+    return lines * torch.where(det < 0, -1.0, 1.0).to(lines.dtype)[:, None, None]
+
+
 def _scaled_cameras(cams: Cameras, s: int) -> Cameras:
     """The same cameras with an s-times denser pixel grid (intrinsics scaled, poses kept)."""
     Ks = cams.Ks.clone()
@@ -347,7 +547,8 @@ def _background_image(background, C: int, H: int, W: int, device, dtype) -> Tens
     return bg.expand(C, H, W, 3)
 
 
-def render_mesh(mesh: Mesh, cams: Cameras, background=None, ssaa: int = 1, near: float = 0.01) -> MeshRender:
+def render_mesh(mesh: Mesh, cams: Cameras, background=None, ssaa: int = 1, near: float = 0.01,
+                antialias: bool = False) -> MeshRender:
     """Render ``mesh`` from every camera in ``cams``.
 
     Colour comes from ``mesh.texture`` sampled at the interpolated UVs (``mesh.face_uvs`` index
@@ -355,7 +556,10 @@ def render_mesh(mesh: Mesh, cams: Cameras, background=None, ssaa: int = 1, near:
     ``mesh.vertex_colors``, else a uniform grey. ``background``: RGB (3,), per camera (C, 3) or an
     image (C, H, W, 3); default black. ``ssaa``: render at ``ssaa`` times the resolution and
     average ``ssaa x ssaa`` blocks (antialiased edges, fractional alpha). Cameras are processed in
-    groups, so the supersampled buffers of only one group are held at a time.
+    groups, so the supersampled buffers of only one group are held at a time. ``antialias``: blend
+    colour and alpha across silhouettes (:func:`antialias`, before the ``ssaa`` average), which
+    makes ``rgb`` and ``alpha`` differentiable with respect to ``mesh.vertices`` there; off by
+    default (the render is then unchanged).
     """
     if ssaa < 1:
         raise ValueError(f"ssaa must be >= 1, got {ssaa}")
@@ -365,15 +569,17 @@ def render_mesh(mesh: Mesh, cams: Cameras, background=None, ssaa: int = 1, near:
     cams = cams.to(device)
     hi = _scaled_cameras(cams, ssaa) if ssaa > 1 else cams
     group = max(1, _MAX_RENDER_PIXELS // (hi.width * hi.height))
-    parts = [_render_group(mesh, hi[c0:c0 + group], ssaa, near) for c0 in range(0, len(cams), group)]
+    neighbors = edge_neighbors(mesh.faces.to(device)) if antialias else None
+    parts = [_render_group(mesh, hi[c0:c0 + group], ssaa, near, neighbors) for c0 in range(0, len(cams), group)]
     rgb, alpha, depth, normal, uv, fid = (torch.cat(t) if len(t) > 1 else t[0] for t in zip(*parts))
     bg = _background_image(background, len(cams), cams.height, cams.width, device, rgb.dtype)
     rgb = rgb + (1 - alpha) * bg
     return MeshRender(rgb=rgb, alpha=alpha, depth=depth, normal=normal, uv=uv, face_id=fid)
 
 
-def _render_group(mesh: Mesh, hi: Cameras, ssaa: int, near: float):
-    """Premultiplied colour, alpha, depth, normal, uv and face ids of one group of cameras."""
+def _render_group(mesh: Mesh, hi: Cameras, ssaa: int, near: float, neighbors: Tensor | None = None):
+    """Premultiplied colour, alpha, depth, normal, uv and face ids of one group of cameras;
+    ``neighbors`` (:func:`edge_neighbors`) given: antialiased colour and alpha."""
     device = mesh.device
     frags = rasterize(mesh.vertices, mesh.faces, hi, near=near)
     mask = frags.face_id >= 0
@@ -395,6 +601,9 @@ def _render_group(mesh: Mesh, hi: Cameras, ssaa: int, near: float):
         (mask,), mesh.face_normals().detach().float()[fid[mask]])
     alpha = mask[..., None].to(color.dtype)
     depth = frags.depth[..., None]
+    if neighbors is not None:
+        both = antialias(torch.cat([color, alpha], -1), frags, project_vertices(mesh.vertices, hi), faces, neighbors)
+        color, alpha = both[..., :-1], both[..., -1:]
     if ssaa > 1:
         def pool(t):
             return F.avg_pool2d(t.permute(0, 3, 1, 2), ssaa).permute(0, 2, 3, 1)
