@@ -329,3 +329,219 @@ def boundary_clearance(grid: TetGrid, sdf: Tensor) -> float:
         return math.inf
     v = grid.vertices[inside]
     return float((grid.bound - v.abs()).amin())
+
+
+# ------------------------------------------------------------------------------------------------
+# The textured representation of Magic3D's fine stage: DMTet geometry + a colour field
+
+
+@dataclass
+class DMTetRender:
+    """Renders (C, H, W, k) and the surface they were rendered from (for the regularisers)."""
+
+    rgb: Tensor  # (C, H, W, 3) shaded colour over the background
+    alpha: Tensor  # (C, H, W, 1)
+    verts: Tensor  # (M, 3) the extracted surface
+    faces: Tensor  # (F, 3)
+
+    def images(self) -> Tensor:
+        return self.rgb.permute(0, 3, 1, 2)
+
+
+def _antialias_kwargs(enabled: bool) -> dict:
+    """``{"antialias": True}`` when the mesh renderer offers analytic antialiasing (silhouette
+    gradients) and ``enabled``; else nothing (today's renderer: silhouettes carry no gradient)."""
+    import inspect
+
+    from ..mesh.raster import render_mesh
+
+    return {"antialias": True} if enabled and "antialias" in inspect.signature(render_mesh).parameters else {}
+
+
+class DMTetModel:
+    """DMTet geometry and a colour field: the albedo head of a
+    :class:`~dreamgs.representations.nerf.NerfModel` (Magic3D keeps the coarse stage's colour
+    network). ``params`` is one dict shared by both parts (``dmtet.sdf``, ``dmtet.deform`` and the
+    field's ``grid.*``/``mlp.*``), so a trainer that replaces a tensor in it updates the model.
+    Surface colours are the field's albedo at the surface vertices, interpolated over the faces."""
+
+    def __init__(self, geometry: DMTet, color, lr_sdf: float = 0.01, lr_deform: float = 0.01,
+                 lr_color: float = 0.001):
+        self.geometry, self.color = geometry, color
+        self.params = {**color.params, **geometry.params}
+        geometry.params = color.params = self.params
+        self.lrs = {DMTet.SDF: lr_sdf, DMTet.DEFORM: lr_deform}
+        self.lr_color = lr_color
+
+    # -- the representation seam ------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.geometry.device
+
+    @property
+    def occupancy(self) -> Tensor:  # the colour field's (kept so its checkpoint state is the NeRF's)
+        return self.color.occupancy
+
+    @occupancy.setter
+    def occupancy(self, value: Tensor) -> None:
+        self.color.occupancy = value
+
+    def __len__(self) -> int:
+        return sum(v.numel() for v in self.params.values())
+
+    def param_groups(self, *_ignored) -> list[dict]:
+        """One named Adam group per tensor: the SDF, the deformation, the colour field's tensors."""
+        return [{"params": [p], "name": k, "lr": self.lrs.get(k, self.lr_color)} for k, p in self.params.items()]
+
+    def detach(self) -> "DMTetModel":
+        from .nerf import NerfModel
+
+        geo = DMTet(self.geometry.grid, self.params[DMTet.SDF], self.params[DMTet.DEFORM], self.geometry.deform_scale)
+        color = NerfModel(self.color.spec, {k: v for k, v in self.params.items() if not k.startswith("dmtet.")},
+                          self.color.occupancy.clone())
+        out = DMTetModel(geo, color, self.lrs[DMTet.SDF], self.lrs[DMTet.DEFORM], self.lr_color)
+        out.params = {k: v.detach() for k, v in out.params.items()}
+        geo.params = color.params = out.params
+        return out
+
+    def surface(self) -> tuple[Tensor, Tensor]:
+        return self.geometry.surface()
+
+    def albedo(self, points: Tensor, chunk: int = 1 << 18) -> Tensor:
+        """The colour field's albedo (P, 3) at points (differentiable in both)."""
+        if len(points) == 0:
+            return points.new_zeros(0, 3)
+        return torch.cat([self.color.density_albedo(points[i:i + chunk])[1] for i in range(0, len(points), chunk)])
+
+    def render(self, cams, background: Tensor | None = None, shading: str = "albedo", light: Tensor | None = None,
+               ambient: float = 0.1, diffuse: float = 0.9, antialias: bool = True, ssaa: int = 1) -> DMTetRender:
+        """Rasterise the surface from ``cams``: ``albedo``, ``lambertian`` (albedo x (ambient + diffuse
+        max(0, n . l)), l towards the camera's point light ``light`` (C, 3)) or ``textureless``
+        (white albedo), per vertex with area-weighted normals. ``background``: (3,), (C, 3) or an
+        image (C, H, W, 3). Differentiable in the SDF, the deformation and the colour field (at
+        silhouettes only when the renderer antialiases)."""
+        from ..mesh import Mesh
+        from ..mesh.raster import render_mesh
+
+        verts, faces = self.surface()
+        kw = _antialias_kwargs(antialias)
+        base = self.albedo(verts) if shading != "textureless" else torch.ones_like(verts)
+        C = len(cams)
+        if shading == "albedo":
+            r = render_mesh(Mesh(verts, faces, vertex_colors=base), cams, background=background, ssaa=ssaa, **kw)
+            return DMTetRender(r.rgb, r.alpha, verts, faces)
+        normals = vertex_normals(verts, faces)
+        bg = background
+        rgbs, alphas = [], []
+        for c in range(C):
+            ldir = F.normalize(light[c].to(verts) - verts, dim=-1)
+            shade = ambient + diffuse * (normals * ldir).sum(-1, keepdim=True).clamp_min(0.0)
+            if bg is not None and torch.as_tensor(bg).dim() >= 2:
+                bg_c = torch.as_tensor(bg)[c:c + 1]
+            else:
+                bg_c = bg
+            r = render_mesh(Mesh(verts, faces, vertex_colors=base * shade), cams[c:c + 1], background=bg_c,
+                            ssaa=ssaa, **kw)
+            rgbs.append(r.rgb)
+            alphas.append(r.alpha)
+        return DMTetRender(torch.cat(rgbs), torch.cat(alphas), verts, faces)
+
+    @torch.no_grad()
+    def render_rgba(self, cams, **_ignored) -> tuple[Tensor, Tensor]:
+        """Premultiplied albedo (C, H, W, 3) and alpha (C, H, W, 1), no gradient (bake, previews)."""
+        r = self.render(cams.to(self.device), background=torch.zeros(3, device=self.device), antialias=False)
+        return r.rgb, r.alpha
+
+    @torch.no_grad()
+    def to_mesh(self, cfg, threshold: float = 0.0, timings: dict | None = None):
+        """The current surface through the shared clean-up and decimation (``cfg``: MeshConfig;
+        ``threshold`` is unused: the surface is the SDF's zero set)."""
+        import time
+
+        from ..errors import EmptyModelError
+        from ..mesh.core import Mesh
+        from ..mesh.extract import clean_mesh, decimate
+
+        t = time.perf_counter()
+        verts, faces = self.surface()
+        if len(faces) == 0:
+            raise EmptyModelError("the model is empty: the DMTet's SDF has no zero crossing")
+        v, f = verts.double().cpu().numpy(), faces.cpu().numpy()
+        tol = 1e-3 * self.geometry.grid.cell
+        v, f = clean_mesh(v, f, tol, cfg.min_component_fraction)
+        if len(f) > cfg.target_faces > 0:
+            v, f = decimate(v, f, cfg.target_faces)
+            v, f = clean_mesh(v, f, tol, cfg.min_component_fraction)
+        if timings is not None:
+            timings["marching_tets"] = time.perf_counter() - t
+        if len(f) == 0:
+            raise EmptyModelError("the model is empty: no surface left after mesh clean-up")
+        return Mesh(torch.as_tensor(v, dtype=torch.float32, device=self.device),
+                    torch.as_tensor(f, dtype=torch.int64, device=self.device))
+
+
+def dmtet_model(cfg, color, sdf: Tensor | None = None, device="cpu") -> DMTetModel:
+    """A :class:`DMTetModel` on ``cfg.magic3d``'s grid over the box of ``cfg.nerf`` with the
+    colour field ``color`` (a NerfModel) and the SDF ``sdf`` (zeros if None)."""
+    m = cfg.magic3d
+    grid = tet_grid(m.grid_resolution, cfg.nerf.bound, device)
+    sdf = torch.zeros(len(grid.vertices), device=device) if sdf is None else sdf.to(device)
+    return DMTetModel(DMTet(grid, sdf, deform_scale=m.deform_scale), color.to(device), m.lr_sdf, m.lr_deform,
+                      m.lr_color)
+
+
+# ------------------------------------------------------------------------------------------------
+# dmtet.safetensors
+
+
+def save_dmtet(model: DMTetModel, path):
+    """The SDF, the deformation and the colour field, with their shapes, in one safetensors file
+    (written atomically)."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from ..atomic import atomic_output
+
+    path = Path(path)
+    g = model.geometry.grid
+    meta = {"nerf": dataclasses.asdict(model.color.spec), "resolution": g.resolution, "bound": g.bound,
+            "deform_scale": model.geometry.deform_scale}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.params.items()}
+    tensors["occupancy"] = model.occupancy.detach().cpu().contiguous()
+    with atomic_output(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"dreamgs-dmtet": json.dumps(meta)})
+    return path
+
+
+def load_dmtet(path, device="cpu") -> DMTetModel:
+    """Load a :func:`save_dmtet` file (safetensors only); a malformed file raises InputError."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from ..errors import InputError
+    from .nerf import NerfModel, NerfSpec
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["dreamgs-dmtet"])
+        spec = NerfSpec(**meta["nerf"])
+        grid = tet_grid(int(meta["resolution"]), float(meta["bound"]), device)
+        tensors = load_file(str(path))
+        ref = NerfModel.create(spec, device="meta")
+    except Exception as e:  # noqa: BLE001 - any damage is the file's
+        raise InputError(f"{path}: not a dreamgs DMTet file ({type(e).__name__})") from None
+    occ = tensors.pop("occupancy", None)
+    n = len(grid.vertices)
+    want = {**{k: v.shape for k, v in ref.params.items()}, DMTet.SDF: (n,), DMTet.DEFORM: (n, 3)}
+    if sorted(tensors) != sorted(want) or any(tuple(tensors[k].shape) != tuple(want[k]) for k in tensors):
+        raise InputError(f"{path}: the DMTet's tensors do not match its grid and colour field")
+    color = NerfModel(spec, {k: v.to(device) for k, v in tensors.items() if not k.startswith("dmtet.")},
+                      None if occ is None else occ.to(device))
+    geo = DMTet(grid, tensors[DMTet.SDF], tensors[DMTet.DEFORM], float(meta["deform_scale"]))
+    return DMTetModel(geo, color)
