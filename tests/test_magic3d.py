@@ -136,3 +136,13 @@ def test_config_and_cli():
     assert oracle.magic3d.render_size == 128  # the preview preset: twice the oracle's 64 px
     args = build_parser().parse_args(["text", "a mug", "--method", "magic3d"])
     assert "method=magic3d" in _generation_overrides(args)
+
+
+def test_dreamgs_mesh_meshes_a_magic3d_run_folder(reference, tmp_path):
+    from dreamgs.pipeline import mesh_from
+
+    run, res = reference
+    out = mesh_from(run, out_dir=tmp_path / "mesh", progress=False,
+                    overrides=["stage2.iters=0", "texture.size=64", "texture.bake_views=2",
+                               "texture.bake_resolution=24", "export.obj=false", "export.video=false"])
+    assert out.files["glb"].is_file() and out.summary["mesh_faces"] > 0
