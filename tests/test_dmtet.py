@@ -262,3 +262,27 @@ def test_sdf_from_the_gaussians_density_grid_and_from_a_nerf():
     # softplus(z) = 5 at z ~ 4.993: |x| = 0.5 (1 - 4.993 / 10) ~ 0.25
     r = verts.norm(dim=-1)
     assert abs(float(r.mean()) - 0.2503) < 0.02 and float((r - 0.2503).abs().max()) < g.cell
+
+
+def test_render_passes_antialias_only_to_a_renderer_that_takes_it(monkeypatch):
+    import dreamgs.mesh.raster as raster
+    from dreamgs.cameras import make_cameras
+    from dreamgs.representations.dmtet import DMTetModel
+    from dreamgs.representations.nerf import NerfModel, NerfSpec
+
+    g = tet_grid(6, bound=0.75)
+    color = NerfModel.create(NerfSpec(levels=2, base_resolution=8, max_resolution=16, hidden=8))
+    model = DMTetModel(DMTet(g, (g.vertices.norm(dim=-1) - 0.4) / g.cell), color)
+    cams = make_cameras(0.0, 0.0, 2.5, 49.1, 16)
+    original, calls = raster.render_mesh, []
+
+    def with_antialias(mesh, cams, background=None, ssaa=1, near=0.01, antialias=False):
+        calls.append(antialias)
+        return original(mesh, cams, background=background, ssaa=ssaa, near=near)
+
+    r = model.render(cams, torch.ones(3))  # today's renderer: no antialias argument, none passed
+    assert r.rgb.shape == (1, 16, 16, 3) and float(r.alpha.sum()) > 0
+    monkeypatch.setattr(raster, "render_mesh", with_antialias)
+    model.render(cams, torch.ones(3))
+    model.render(cams, torch.ones(3), antialias=False)
+    assert calls == [True, False]
