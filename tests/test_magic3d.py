@@ -113,15 +113,20 @@ def test_interrupted_run_resumes_to_the_same_dmtet(reference, tmp_path, monkeypa
         assert torch.equal(a.params[k], b.params[k]), k
 
 
-def test_bench_method_scores_a_tiny_magic3d_run(tmp_path):
+def test_bench_method_scores_a_tiny_magic3d_run_with_the_bench_config(tmp_path):
     from dreamgs.bench import run_bench
 
-    ov = [o for o in TINY if not o.startswith(("method=", "prior.kind=", "stage2.enabled", "device="))] + MESH
-    report = run_bench(["magic3d"], ["gen:0"], seeds=(0,), out_dir=tmp_path, overrides=ov, baselines=False,
-                       views=4, size=32, device="cpu", progress=False)
+    config = tmp_path / "tiny.yaml"
+    config.write_text("stage1:\n  iters: 6\n")  # the bench's --config reaches the runs
+    ov = [o for o in TINY if not o.startswith(("method=", "prior.kind=", "stage2.enabled", "device=",
+                                               "stage1.iters="))] + MESH
+    report = run_bench(["magic3d"], ["gen:0"], seeds=(0,), out_dir=tmp_path / "b", overrides=ov, baselines=False,
+                       views=4, size=32, device="cpu", config=config, progress=False)
     (row,) = report["results"]
     assert row["method"] == "magic3d" and "failed" not in row
     assert 0 < row["chamfer_pct"] < 50 and row["psnr_masked"] > 0
+    (run,) = (tmp_path / "b" / "runs").iterdir()
+    assert "iters: 6\n" in (run / "config.yaml").read_text()
 
 
 def test_config_and_cli():

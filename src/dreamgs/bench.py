@@ -145,10 +145,11 @@ def run_dreamgaussian(job: Job, method: str = "dreamgaussian") -> Path:
     if job.mode == "text":
         name = asset_label(job.asset)
         prompt = f"a {name}" if name.isalpha() else "an object"
-        res = generate(prompt, overrides=ov, seed=job.seed, run_dir=job.run_dir, progress=False)
+        res = generate(prompt, config=job.config, overrides=ov, seed=job.seed, run_dir=job.run_dir, progress=False)
     else:
         image = input_image(load_truth(job.asset), cfg, job.run_dir.parent / f"{job.run_dir.name}_input.png")
-        res = generate(image=image, overrides=ov, seed=job.seed, run_dir=job.run_dir, progress=False)
+        res = generate(image=image, config=job.config, overrides=ov, seed=job.seed, run_dir=job.run_dir,
+                       progress=False)
     if "glb" not in res.files:
         raise InputError("bench: the run wrote no model.glb (export.glb and stage2.enabled must be true)")
     return res.files["glb"]
