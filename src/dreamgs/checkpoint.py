@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,25 @@ FORMAT = "dreamgs-checkpoint"
 VERSION = 1
 STAGES = ("stage1", "stage2")
 _META_KEY = "dreamgs"
+
+
+def global_rng_state() -> dict:
+    """The global random generators' states (torch, CUDA, numpy, Python), as trainers checkpoint them."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def set_global_rng_state(rng: dict) -> None:
+    """Restore what :func:`global_rng_state` returned."""
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
 
 
 @dataclass

@@ -16,13 +16,12 @@ parameters, one Adam group each), so checkpoints and ``dreamgs resume`` work unc
 from __future__ import annotations
 
 import math
-import random
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from .checkpoint import global_rng_state, set_global_rng_state
 from .config import Config
 from .errors import TrainingError
 from .priors.base import Prior
@@ -100,12 +99,7 @@ class NerfTrainer:
             "generator": self.generator.get_state(),
             "step": self.step_count,
             "bad_steps": self.bad_steps,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-            },
+            "rng": global_rng_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -128,12 +122,7 @@ class NerfTrainer:
         self.generator.set_state(state["generator"])
         self.step_count = state["step"]
         self.bad_steps = state["bad_steps"]
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
+        set_global_rng_state(state["rng"])
 
 
 class NerfStage1:

@@ -49,16 +49,22 @@ def add_noise(prior: Prior, x0: Tensor, noise: Tensor, t: int) -> Tensor:
     return abar.sqrt() * x0.detach().to(prior.acc_dtype) + (1 - abar).sqrt() * noise.to(prior.acc_dtype)
 
 
-def sds(prior: Prior, images: Tensor, cams: Cameras, progress: float, *, t: int | None = None,
-        noise: Tensor | None = None) -> Tensor:
-    """The SDS loss of ``prior`` for ``images`` from ``cams``; ``t`` and ``noise`` override the
-    prior's random draws."""
+def _draw(prior: Prior, images: Tensor, cams: Cameras, progress: float, t: int | None, noise: Tensor | None):
+    """A rule's inputs: the prior's input ``x0`` for ``images``, the timestep and noise (drawn by the
+    prior unless given) and the conditioning."""
     x0 = prior.model_input(images, cams)
     if t is None:
         t = prior.timestep(progress)
     if noise is None:
         noise = prior.draw_noise(x0)
-    cond = prior.condition(cams, x0.shape[0])
+    return x0, t, noise, prior.condition(cams, x0.shape[0])
+
+
+def sds(prior: Prior, images: Tensor, cams: Cameras, progress: float, *, t: int | None = None,
+        noise: Tensor | None = None) -> Tensor:
+    """The SDS loss of ``prior`` for ``images`` from ``cams``; ``t`` and ``noise`` override the
+    prior's random draws."""
+    x0, t, noise, cond = _draw(prior, images, cams, progress, t, noise)
     with torch.no_grad():
         x_t = add_noise(prior, x0, noise, t)
         abar = prior.alphas_cumprod[t]
@@ -166,12 +172,7 @@ class VSD:
     def __call__(self, images: Tensor, cams: Cameras, progress: float, *, t: int | None = None,
                  noise: Tensor | None = None) -> Tensor:
         prior = self.prior
-        x0 = prior.model_input(images, cams)
-        if t is None:
-            t = prior.timestep(progress)
-        if noise is None:
-            noise = prior.draw_noise(x0)
-        cond = prior.condition(cams, x0.shape[0])
+        x0, t, noise, cond = _draw(prior, images, cams, progress, t, noise)
         self.estimator.observe(x0.detach(), cams)
         with torch.no_grad():
             x_t = add_noise(prior, x0, noise, t)
@@ -245,12 +246,7 @@ class ISM:
     def __call__(self, images: Tensor, cams: Cameras, progress: float, *, t: int | None = None,
                  noise: Tensor | None = None) -> Tensor:
         prior = self.prior
-        x0 = prior.model_input(images, cams)
-        if t is None:
-            t = prior.timestep(progress)
-        if noise is None:
-            noise = prior.draw_noise(x0)
-        cond = prior.condition(cams, x0.shape[0])
+        x0, t, noise, cond = _draw(prior, images, cams, progress, t, noise)
         s = max(t - self.interval(progress), 0)
         with torch.no_grad():
             start = max(s - self.xs_delta_t * self.xs_steps, 0)
