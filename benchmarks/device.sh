@@ -4,9 +4,9 @@
 #     bash benchmarks/device.sh STEP [STEP ...]
 #
 # Steps: env, gsplat (JIT-compile gsplat's CUDA code), render, quality, models, prior, compile, mesh,
-# pipeline, resume, turntable, mvdream, mvdream-pipeline, distill-speed, dreamfusion, antialias; bench-ci, bench-distill,
-# bench-geometry,
-# bench-dreamfusion, bench-gsgen, gsgen-parts, bench-hard, bench-hard-mv, bench-full, preview-dev, preview-ablate, fidelity (docs/quality.md,
+# pipeline, resume, turntable, mvdream, mvdream-pipeline, distill-speed, dreamfusion, antialias, magic3d, magic3d-run;
+# bench-ci, bench-distill, bench-geometry, bench-dreamfusion, bench-gsgen, gsgen-parts, bench-magic3d, bench-hard,
+# bench-hard-mv, bench-full, preview-dev, preview-ablate, fidelity (docs/quality.md,
 # docs/fidelity.md: their reports are packed into $OUT/reports.tar.gz). Each step's output goes to $OUT/<step>.log (default OUT=/tmp/out).
 # The machine has torch but not our other dependencies: they travel as wheels in .whl/ (not
 # committed; docs/benchmarks.md lists them) and are installed into /tmp/site once per machine.
@@ -101,6 +101,26 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
             python3 -m dreamgs.cli bench --methods dreamfusion --assets test --seeds ${SEEDS:-2} --mode text \
                 --device cuda --jobs ${JOBS:-8} --no-baselines --out /tmp/reports/ablate-df-albedo \
                 prior.oracle_shading=lit nerf.albedo_prob=1.0 ;;
+        magic3d)  # issue 17: Magic3D's fine step at 512 px (full-size random SD 2.1-base) and marching tetrahedra
+            [ -f $MODELS/sd/model_index.json ] || python3 benchmarks/full_size_models.py --out $MODELS/sd --which sd --device cuda
+            for r in 64 128; do
+                python3 benchmarks/magic3d_parts.py --timing --device cuda --preset full prior.kind=sd \
+                    prior.model=$MODELS/sd magic3d.grid_resolution=$r
+            done
+            python3 benchmarks/magic3d_parts.py --timing --device cuda --preset full magic3d.grid_resolution=128 ;;
+        magic3d-run)  # issue 17: the whole magic3d run on the unseen kettle (the bar's command), timed, then scored
+            python3 benchmarks/unseen_meshes.py --out /tmp/u17
+            t0=$(date +%s)
+            python3 -m dreamgs.cli text "a held-out object" --method magic3d --prior oracle:/tmp/u17/kettle.glb \
+                --seed 0 --quiet --out /tmp/m3run device=cuda
+            echo "magic3d run: $(( $(date +%s) - t0 )) s wall"
+            python3 -m dreamgs.cli bench --methods magic3d --assets /tmp/u17/kettle.glb --seeds 1 --mode text \
+                --device cuda --no-baselines --out /tmp/reports/magic3d-kettle ;;
+        bench-magic3d)  # issue 17: magic3d beside dreamgaussian on the test split at CI size (text), 3 seeds
+            export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+            python3 -m dreamgs.cli bench --methods dreamgaussian,magic3d --assets test --seeds ${SEEDS:-3} \
+                --mode text --device cuda --jobs ${JOBS:-8} --config benchmarks/ci_size.yaml \
+                --out /tmp/reports/bench-magic3d ;;
         bench-ci)  # the test split at CI size, text and image (MODES; docs/quality.md)
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
             for m in ${MODES:-text image}; do

@@ -166,8 +166,13 @@ def run_gsgen(job: Job) -> Path:
     return run_dreamgaussian(job, method="gsgen")
 
 
+def run_magic3d(job: Job) -> Path:
+    """Magic3D (``method=magic3d``: a coarse NeRF, then a DMTet mesh) through the same pipeline."""
+    return run_dreamgaussian(job, method="magic3d")
+
+
 METHODS: dict[str, MethodFn] = {"dreamgaussian": run_dreamgaussian, "dreamfusion": run_dreamfusion,
-                                "gsgen": run_gsgen}
+                                "gsgen": run_gsgen, "magic3d": run_magic3d}
 
 
 # ------------------------------------------------------------------------------------------------

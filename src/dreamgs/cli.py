@@ -26,8 +26,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", metavar="NAME", help="dreamgaussian (default: 3D Gaussians) | dreamfusion (a NeRF "
-                                                    "with shading) | gsgen (Gaussians as the result); same as "
-                                                    "method=NAME")
+                                                    "with shading) | gsgen (Gaussians as the result) | magic3d (a "
+                                                    "NeRF, then a DMTet mesh); same as method=NAME")
     p.add_argument("--mesh", action="store_true", help="also export the textured mesh (stage 2) where the method's "
                                                        "result is the Gaussians (gsgen); same as stage2.enabled=true")
     p.add_argument("--prior", metavar="KIND",

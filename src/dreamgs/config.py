@@ -326,8 +326,30 @@ class NerfConfig:
 
 
 @dataclass
+class Magic3DConfig:
+    """Magic3D (``method=magic3d``; methods/magic3d.py): the NeRF (``nerf.*``) for the first
+    ``coarse_fraction`` of ``stage1.iters``, then a DMTet mesh (representations/dmtet.py) started
+    from its density, with the NeRF's albedo as the colour field, for the rest."""
+
+    coarse_fraction: float = 0.6  # share of stage1.iters for the coarse NeRF; the rest is the DMTet (fine) stage
+    grid_resolution: int = 64  # DMTet cubes per axis over the NeRF's box (threestudio's refine: 128)
+    deform_scale: float = 0.25  # bound of the vertex deformation, in cells (tanh-bounded; at most 0.5)
+    init_threshold: float = 0.0  # NeRF density of the starting surface; 0: nerf.mesh_threshold, or half the
+    # maximum density where the field never reaches it
+    render_size: int = 512  # fine-stage renders (Magic3D: 512)
+    t_min: float = 0.02  # fine-stage diffusion time range, fractions of T (Magic3D / threestudio: 0.02 .. 0.5)
+    t_max: float = 0.5
+    lr_sdf: float = 0.01  # Adam on the SDF (in cells) and the raw deformation (threestudio: 0.01 for all)
+    lr_deform: float = 0.01
+    lr_color: float = 0.001  # the colour field's grid and MLP in the fine stage
+    lambda_normal: float = 1000.0  # normal consistency (mean 1 - cos over edges)
+    lambda_laplacian: float = 0.0  # uniform Laplacian (mean squared distance to the neighbours' centroid, world units)
+    antialias: bool = True  # pass antialias=True to the mesh renderer when it has it (silhouette gradients)
+
+
+@dataclass
 class Config:
-    method: str = "dreamgaussian"  # dreamgaussian | dreamfusion (dreamgs.methods.METHODS)
+    method: str = "dreamgaussian"  # dreamgaussian | dreamfusion | gsgen | magic3d (dreamgs.methods.METHODS)
     mode: str = "text"  # text | image
     preset: str = "auto"  # auto | preview | full: sizes for the device and prior (see preview_values)
     prompt: str = ""
@@ -352,6 +374,7 @@ class Config:
     prep: PrepConfig = field(default_factory=PrepConfig)
     fit: FitConfig = field(default_factory=FitConfig)
     nerf: NerfConfig = field(default_factory=NerfConfig)
+    magic3d: Magic3DConfig = field(default_factory=Magic3DConfig)
     points_prior: PointPriorConfig = field(default_factory=PointPriorConfig)
 
 
@@ -534,7 +557,7 @@ def load_config(
     return cfg
 
 
-METHOD_NAMES = ("dreamgaussian", "dreamfusion", "gsgen")
+METHOD_NAMES = ("dreamgaussian", "dreamfusion", "gsgen", "magic3d")
 
 
 def method_preset(method: str) -> dict:
@@ -608,6 +631,7 @@ def preview_values(cfg: Config) -> dict[str, Any]:
         "texture.bake_resolution": min(cfg.texture.bake_resolution, max(2 * cap, 128)),
         "texture.size": min(cfg.texture.size, 512),
         "stage2.render_size": min(cfg.stage2.render_size, cap),
+        "magic3d.render_size": min(cfg.magic3d.render_size, cap),
         "export.video_size": min(cfg.export.video_size, 256),
         "mesh.target_faces": min(cfg.mesh.target_faces, 30_000),
     }
@@ -672,6 +696,17 @@ def validate(cfg: Config) -> None:
     for name in ("albedo_prob", "textureless_prob", "ambient_only_fraction", "orient_warmup"):
         if not 0.0 <= getattr(n, name) <= 1.0:
             raise ConfigError(f"nerf.{name} must be within [0, 1]")
+    m3 = cfg.magic3d
+    if not 0.0 < m3.coarse_fraction < 1.0:
+        raise ConfigError("magic3d.coarse_fraction must be between 0 and 1 (exclusive): both stages need steps")
+    if m3.grid_resolution < 4 or m3.render_size < 8:
+        raise ConfigError("magic3d.grid_resolution must be at least 4 and magic3d.render_size at least 8")
+    if not 0.0 <= m3.deform_scale <= 0.5:
+        raise ConfigError("magic3d.deform_scale must be within [0, 0.5] (cells)")
+    if not 0.0 <= m3.t_min <= m3.t_max <= 1.0:
+        raise ConfigError("magic3d.t_min and magic3d.t_max must satisfy 0 <= t_min <= t_max <= 1")
+    if min(m3.init_threshold, m3.lr_sdf, m3.lr_deform, m3.lr_color, m3.lambda_normal, m3.lambda_laplacian) < 0:
+        raise ConfigError("magic3d: init_threshold, the learning rates and the loss weights must not be negative")
     if cfg.preset not in ("auto", "preview", "full"):
         raise ConfigError(f"preset: expected auto, preview or full, got '{cfg.preset}'")
     if cfg.backend not in ("auto", "gsplat", "torch"):

@@ -115,9 +115,12 @@ def mesh_from(source: str | Path, *, config: str | Path | None = None, overrides
     t_start = time.perf_counter()
     transform = None
     nerf_file = src / "nerf.safetensors" if src.is_dir() else None
+    dmtet_file = src / "dmtet.safetensors" if src.is_dir() else None
     if src.is_dir():
-        if not (src / "config.yaml").is_file() or not ((src / "model.ply").is_file() or nerf_file.is_file()):
-            raise InputError(f"{src}: not a dreamgs run folder (needs config.yaml and model.ply or nerf.safetensors)")
+        if not (src / "config.yaml").is_file() or not ((src / "model.ply").is_file() or nerf_file.is_file()
+                                                       or dmtet_file.is_file()):
+            raise InputError(f"{src}: not a dreamgs run folder (needs config.yaml and model.ply, nerf.safetensors "
+                             "or dmtet.safetensors)")
         try:
             cfg = from_dict(yaml.safe_load((src / "config.yaml").read_text(encoding="utf-8")) or {})
         except yaml.YAMLError as e:
@@ -137,7 +140,11 @@ def mesh_from(source: str | Path, *, config: str | Path | None = None, overrides
     else:
         raise InputError(f"{src}: expected a run folder or a 3DGS .ply file")
     device = resolve_device(cfg.device)
-    if nerf_file is not None and not model_path.is_file():  # a --method dreamfusion run
+    if dmtet_file is not None and not model_path.is_file() and dmtet_file.is_file():  # a --method magic3d run
+        from .representations.dmtet import load_dmtet
+
+        model = load_dmtet(dmtet_file, device=device)
+    elif nerf_file is not None and not model_path.is_file():  # a --method dreamfusion run
         from .representations.nerf import load_nerf
 
         model = load_nerf(nerf_file, device=device)
@@ -515,7 +522,7 @@ def _execute(run: _Run, ckpt, on_progress: ProgressFn | None, progress: bool, t_
             stage1 = method.make_stage1(cfg, prior, run.ref, run.device)
             if ckpt is not None:
                 _restore(stage1, prior, ckpt)
-            if progress and cfg.method == "dreamfusion":  # the time estimate models the Gaussians' steps
+            if progress and cfg.method in ("dreamfusion", "magic3d"):  # the time estimate models the Gaussians' steps
                 from .config import preset_line
                 from .progress import say
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import dreamfusion, dreamgaussian, gsgen
+from . import dreamfusion, dreamgaussian, gsgen, magic3d
 
-METHODS: dict[str, ModuleType] = {"dreamgaussian": dreamgaussian, "dreamfusion": dreamfusion, "gsgen": gsgen}
+METHODS: dict[str, ModuleType] = {"dreamgaussian": dreamgaussian, "dreamfusion": dreamfusion, "gsgen": gsgen,
+                                   "magic3d": magic3d}
 
 
 def get_method(name: str) -> ModuleType:
