@@ -264,7 +264,7 @@ def test_sdf_from_the_gaussians_density_grid_and_from_a_nerf():
     assert abs(float(r.mean()) - 0.2503) < 0.02 and float((r - 0.2503).abs().max()) < g.cell
 
 
-def test_render_passes_antialias_only_to_a_renderer_that_takes_it(monkeypatch):
+def test_render_antialiases_when_asked(monkeypatch):
     import dreamgs.mesh.raster as raster
     from dreamgs.cameras import make_cameras
     from dreamgs.representations.dmtet import DMTetModel
@@ -276,13 +276,12 @@ def test_render_passes_antialias_only_to_a_renderer_that_takes_it(monkeypatch):
     cams = make_cameras(0.0, 0.0, 2.5, 49.1, 16)
     original, calls = raster.render_mesh, []
 
-    def with_antialias(mesh, cams, background=None, ssaa=1, near=0.01, antialias=False):
+    def spy(mesh, cams, background=None, ssaa=1, near=0.01, antialias=False):
         calls.append(antialias)
-        return original(mesh, cams, background=background, ssaa=ssaa, near=near)
+        return original(mesh, cams, background=background, ssaa=ssaa, near=near, antialias=antialias)
 
-    r = model.render(cams, torch.ones(3))  # today's renderer: no antialias argument, none passed
-    assert r.rgb.shape == (1, 16, 16, 3) and float(r.alpha.sum()) > 0
-    monkeypatch.setattr(raster, "render_mesh", with_antialias)
-    model.render(cams, torch.ones(3))
+    monkeypatch.setattr(raster, "render_mesh", spy)
+    r = model.render(cams, torch.ones(3))
+    assert r.rgb.shape == (1, 16, 16, 3) and float(r.alpha.detach().sum()) > 0
     model.render(cams, torch.ones(3), antialias=False)
     assert calls == [True, False]

@@ -344,7 +344,7 @@ class Magic3DConfig:
     lr_color: float = 0.001  # the colour field's grid and MLP in the fine stage
     lambda_normal: float = 1000.0  # normal consistency (mean 1 - cos over edges)
     lambda_laplacian: float = 0.0  # uniform Laplacian (mean squared distance to the neighbours' centroid, world units)
-    antialias: bool = True  # pass antialias=True to the mesh renderer when it has it (silhouette gradients)
+    antialias: bool = True  # antialiased mesh renders in the fine stage (silhouette gradients)
 
 
 @dataclass

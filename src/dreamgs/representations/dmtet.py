@@ -350,16 +350,6 @@ class DMTetRender:
         return self.rgb.permute(0, 3, 1, 2)
 
 
-def _antialias_kwargs(enabled: bool) -> dict:
-    """``{"antialias": True}`` when the mesh renderer offers analytic antialiasing (silhouette
-    gradients) and ``enabled``; else nothing (today's renderer: silhouettes carry no gradient)."""
-    import inspect
-
-    from ..mesh.raster import render_mesh
-
-    return {"antialias": True} if enabled and "antialias" in inspect.signature(render_mesh).parameters else {}
-
-
 class DMTetModel:
     """DMTet geometry and a colour field: the albedo head of a
     :class:`~dreamgs.representations.nerf.NerfModel` (Magic3D keeps the coarse stage's colour
@@ -427,7 +417,7 @@ class DMTetModel:
         from ..mesh.raster import render_mesh
 
         verts, faces = self.surface()
-        kw = _antialias_kwargs(antialias)
+        kw = {"antialias": antialias}
         base = self.albedo(verts) if shading != "textureless" else torch.ones_like(verts)
         C = len(cams)
         if shading == "albedo":
