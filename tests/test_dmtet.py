@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
-from dreamgs.representations.dmtet import (DMTet, case_table, laplacian_loss, marching_tets, normal_consistency,
-                                           sample_density_grid, sdf_from_density, sdf_from_grid, sdf_from_nerf,
-                                           tet_grid, vertex_normals)
+from dreamgs.mesh.regularize import laplacian_loss
+from dreamgs.mesh.regularize import normal_consistency_loss as normal_consistency
+from dreamgs.representations.dmtet import (DMTet, case_table, marching_tets, sample_density_grid, sdf_from_density,
+                                           sdf_from_grid, sdf_from_nerf, tet_grid, vertex_normals)
 
 
 def _closed_and_oriented(faces: torch.Tensor) -> bool:

@@ -27,8 +27,9 @@ import torch
 
 from .config import Config
 from .errors import EmptyModelError
+from .mesh.regularize import laplacian_loss, normal_consistency_loss
 from .progress import Progress
-from .representations.dmtet import DMTetModel, dmtet_model, laplacian_loss, normal_consistency, sdf_from_nerf
+from .representations.dmtet import DMTetModel, dmtet_model, sdf_from_nerf
 from .stage1_nerf import NerfStage1, NerfTrainer, nerf_spec
 
 
@@ -139,7 +140,7 @@ class FineStage:
         report = {"sds": loss_sds, "faces": torch.tensor(float(len(out.faces)))}
         if len(out.faces):
             if m.lambda_normal > 0:
-                nc = normal_consistency(out.verts, out.faces)
+                nc = normal_consistency_loss(out.verts, out.faces)
                 loss = loss + m.lambda_normal * nc
                 report["normal"] = nc
             if m.lambda_laplacian > 0:

@@ -198,47 +198,6 @@ def vertex_normals(verts: Tensor, faces: Tensor) -> Tensor:
     return F.normalize(acc, dim=-1, eps=1e-20)
 
 
-def edge_face_pairs(faces: Tensor) -> Tensor:
-    """(E, 2) the two faces at each edge that exactly two faces share."""
-    f = faces.shape[0]
-    e = torch.stack([faces, faces.roll(-1, 1)], -1).reshape(-1, 2)  # (3F, 2), face-major
-    e = torch.sort(e, -1).values
-    n = int(faces.max()) + 1 if f else 1
-    key = e[:, 0] * n + e[:, 1]
-    order = torch.argsort(key, stable=True)
-    k = key[order]
-    face = order // 3
-    uniq, counts = torch.unique_consecutive(k, return_counts=True)
-    starts = torch.cumsum(counts, 0) - counts
-    two = starts[counts == 2]
-    return torch.stack([face[two], face[two + 1]], -1)
-
-
-def normal_consistency(verts: Tensor, faces: Tensor) -> Tensor:
-    """Mean over edges shared by two faces of ``1 - cos`` of their normals (0 for a plane)."""
-    pairs = edge_face_pairs(faces)
-    if len(pairs) == 0:
-        return verts.sum() * 0
-    n = face_normals(verts, faces)
-    return (1.0 - (n[pairs[:, 0]] * n[pairs[:, 1]]).sum(-1)).mean()
-
-
-def laplacian_loss(verts: Tensor, faces: Tensor) -> Tensor:
-    """Mean over vertices with neighbours of ``|v - mean of its edge neighbours|^2`` (uniform Laplacian)."""
-    e = torch.stack([faces, faces.roll(-1, 1)], -1).reshape(-1, 2)
-    e = torch.unique(torch.sort(e, -1).values, dim=0)
-    both = torch.cat([e, e.flip(1)])  # directed edges i -> j
-    V = verts.shape[0]
-    deg = torch.zeros(V, device=verts.device, dtype=verts.dtype).index_add(
-        0, both[:, 0], torch.ones(len(both), device=verts.device, dtype=verts.dtype))
-    nsum = torch.zeros_like(verts).index_add(0, both[:, 0], verts[both[:, 1]])
-    has = deg > 0
-    lap = verts[has] - nsum[has] / deg[has, None]
-    if not bool(has.any()):
-        return verts.sum() * 0
-    return (lap * lap).sum(-1).mean()
-
-
 # ------------------------------------------------------------------------------------------------
 # Starting from a coarse field
 
