@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import time
 
 import torch
 
@@ -20,21 +19,7 @@ from dreamgs.cameras import sphere_views
 from dreamgs.mesh.core import Mesh
 from dreamgs.mesh.raster import antialias, edge_neighbors, project_vertices, rasterize, render_mesh
 
-from bench_mesh_raster import torus
-
-
-def timed(fn, device, repeat):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from bench_mesh_raster import timeit, torus
 
 
 def main():
@@ -64,10 +49,10 @@ def main():
                 out = render_mesh(mesh, cams, background=torch.ones(3, device=device), antialias=aa)
                 out.rgb.square().mean().backward()
 
-            plain = timed(lambda: step(False), device, args.repeat)
+            plain = timeit(lambda: step(False), device, args.repeat, statistics.median)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            aa = timed(lambda: step(True), device, args.repeat)
+            aa = timeit(lambda: step(True), device, args.repeat, statistics.median)
             peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
             # The pass alone, on a fixed raster.
             frags = rasterize(verts.detach(), base.faces, cams)
@@ -78,7 +63,7 @@ def main():
                 out = antialias(img, frags, project_vertices(verts, cams), base.faces, nb)
                 out.square().mean().backward()
 
-            alone = timed(pass_only, device, args.repeat)
+            alone = timeit(pass_only, device, args.repeat, statistics.median)
             fid = frags.face_id
             pairs = int((fid[:, :, 1:] != fid[:, :, :-1]).sum() + (fid[:, 1:] != fid[:, :-1]).sum())
             print(f"| {base.num_faces} | {b} | {args.size} | {1000 * plain:.1f} | {1000 * aa:.1f} | {1000 * alone:.1f} "

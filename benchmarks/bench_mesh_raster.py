@@ -41,9 +41,10 @@ def torus(n_major: int, n_minor: int, R: float = 0.35, r: float = 0.15) -> Mesh:
     return Mesh(verts, faces, uvs=uvs, face_uvs=face_uvs, texture=tex)
 
 
-def timeit(fn, device, repeat=3):
+def timeit(fn, device, repeat=3, reduce=min):
+    """``reduce`` (min: the best) of ``repeat`` timed calls after a warm-up."""
     fn()  # warm-up
-    best = float("inf")
+    times = []
     for _ in range(repeat):
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -51,8 +52,8 @@ def timeit(fn, device, repeat=3):
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        times.append(time.perf_counter() - t0)
+    return reduce(times)
 
 
 def main():

@@ -522,7 +522,7 @@ def _execute(run: _Run, ckpt, on_progress: ProgressFn | None, progress: bool, t_
             stage1 = method.make_stage1(cfg, prior, run.ref, run.device)
             if ckpt is not None:
                 _restore(stage1, prior, ckpt)
-            if progress and cfg.method in ("dreamfusion", "magic3d"):  # the time estimate models the Gaussians' steps
+            if progress and not method.TIME_ESTIMATE:
                 from .config import preset_line
                 from .progress import say
 

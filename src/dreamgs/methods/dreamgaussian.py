@@ -32,6 +32,7 @@ def video(model, cfg, path: Path, **video_args) -> Path:
 
 
 VIDEO_NAME = ("video_gaussians", "gaussians.mp4")
+TIME_ESTIMATE = True  # dreamgs.estimate models these Gaussian steps
 
 
 def preview(model, cfg, azimuth: float = 0.0, size: int = 128) -> np.ndarray:

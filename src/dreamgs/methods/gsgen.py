@@ -15,6 +15,6 @@ The recipe's values are ``configs/method_gsgen.yaml``; the loop is DreamGaussian
 
 from __future__ import annotations
 
-from .dreamgaussian import VIDEO_NAME, make_stage1, preview, save_model, summary, video
+from .dreamgaussian import TIME_ESTIMATE, VIDEO_NAME, make_stage1, preview, save_model, summary, video
 
-__all__ = ["VIDEO_NAME", "make_stage1", "preview", "save_model", "summary", "video"]
+__all__ = ["TIME_ESTIMATE", "VIDEO_NAME", "make_stage1", "preview", "save_model", "summary", "video"]

@@ -49,6 +49,7 @@ def video(model, cfg, path: Path, **video_args) -> Path:
 
 
 VIDEO_NAME = ("video_dmtet", "dmtet.mp4")
+TIME_ESTIMATE = False  # dreamgs.estimate models the Gaussians' steps, not these
 
 
 def preview(model, cfg, azimuth: float = 0.0, size: int = 64) -> np.ndarray:
