@@ -296,7 +296,6 @@ def rasterize_torch(means, quats, scales, opacities, colors, viewmats, Ks, width
         bucket, gid = bucket[order], gid[order]
         counts = torch.bincount(bucket, minlength=C * T)
         start = torch.cumsum(counts, 0) - counts
-        slot = torch.arange(bucket.numel(), device=dev) - start[bucket]
 
     # Padded per-Gaussian attributes; index C*N is a transparent dummy.
     flat = lambda t: t.reshape(C * N, *t.shape[2:])  # noqa: E731
@@ -318,6 +317,8 @@ def rasterize_torch(means, quats, scales, opacities, colors, viewmats, Ks, width
     counts_sorted = counts[by_len].tolist()
     nonempty = sum(1 for k in counts_sorted if k > 0)
     results_idx, results_val, results_T = [], [], []
+    lin_k = torch.arange(counts_sorted[0] if counts_sorted else 0, device=dev)
+    gid_pad = torch.cat([gid, gid.new_full((1,), C * N)])
     i = 0
     while i < nonempty:
         # A chunk holds buckets whose lengths are within 2/3 of its longest, within the budget.
@@ -328,12 +329,10 @@ def rasterize_torch(means, quats, scales, opacities, colors, viewmats, Ks, width
             nb += 1
         bsel = by_len[i:i + nb]
         i += nb
-        # Gather this chunk's Gaussians into (nb, kmax) index slots.
-        local = torch.full((C * T,), -1, dtype=torch.long, device=dev)
-        local[bsel] = torch.arange(nb, device=dev)
-        sel = local[bucket] >= 0
-        idx = torch.full((nb, kmax), C * N, dtype=torch.long, device=dev)
-        idx[local[bucket[sel]], slot[sel]] = gid[sel]
+        # Gather this chunk's Gaussians into (nb, kmax) index slots: a bucket's intersections are
+        # contiguous in the sorted list, from its start for its count (padding: the dummy C*N).
+        pos = start[bsel, None] + lin_k[:kmax]
+        idx = torch.where(lin_k[:kmax] < counts[bsel, None], gid_pad[pos.clamp_max(gid.numel())], C * N)
         tiles = bsel % T
         val, t_fin = composite(g_xy[idx], g_conic[idx], g_op[idx], g_feat[idx], pix_x[tiles], pix_y[tiles])
         results_idx.append(bsel)
