@@ -10,6 +10,7 @@ import torch
 
 from dreamgs.bench import _turned, asset_label, run_bench, run_dreamgaussian
 from dreamgs.config import load_config
+from dreamgs.errors import InputError
 from dreamgs.evaluate import grid_distance, heldout_cameras, reference_grid
 
 CI_SIZE = Path(__file__).parent.parent / "benchmarks" / "ci_size.yaml"  # 64 px, 300 steps, stage 2, .glb
@@ -98,6 +99,25 @@ def test_an_interrupted_bench_keeps_the_runs_that_finished(tmp_path):
     assert partial["complete"] is False and [r["seed"] for r in partial["results"]] == [0]
     assert partial["results"][0]["psnr_masked"] > 30  # the truth, scored
 
+    # started again into the same folder, the bench runs only what is missing and keeps the rest
+    calls = []
+
+    def truth_copy(job):
+        calls.append((job.asset, job.seed))
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        return save_glb(load_truth(job.asset), job.run_dir / "model.glb")
+
+    report = run_bench({"truth-copy": truth_copy}, ["gen:0"], seeds=(0, 1, 2), out_dir=tmp_path, baselines=False,
+                       device="cpu", progress=False)
+    assert calls == [("gen:0", 1), ("gen:0", 2)]
+    assert report["complete"] and [r["seed"] for r in report["results"]] == [0, 1, 2]
+    assert report["results"][0] == partial["results"][0]
+    # a bench of other settings into that folder is refused, and the report is left as it was
+    before = (tmp_path / "bench.json").read_text()
+    with pytest.raises(InputError, match=r"other settings \(overrides \[\] here, \['seed=3'\] now\)"):
+        run_bench({"truth-copy": truth_copy}, ["gen:0"], seeds=(0,), out_dir=tmp_path, baselines=False,
+                  device="cpu", progress=False, overrides=["seed=3"])
+    assert (tmp_path / "bench.json").read_text() == before and len(calls) == 2
 
 def test_a_run_with_no_surface_is_a_failed_row_not_a_crashed_bench(tmp_path):
     from dreamgs.bench import load_truth, markdown

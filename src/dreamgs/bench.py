@@ -346,17 +346,26 @@ def run_bench(methods: Sequence[str] | dict[str, MethodFn] = ("dreamgaussian",),
     job_list = [Job(m, mode, setting, a, int(s), overrides, out / "runs" / f"{m}-{_slug(a)}-s{s}", device, config)
                 for a in asset_list for m in fns for s in seeds]
     say = print if progress else (lambda *a, **k: None)
+    settings = {"mode": mode, "setting": setting, "views": views, "size": size, "overrides": overrides,
+                "config": config}
+    results, base_rows = previous_runs(out, settings)
+    finished = {(r["method"], r["asset"], r["seed"]) for r in results}
+    n_jobs = len(job_list)
+    job_list = [j for j in job_list if (j.method, j.asset, j.seed) not in finished]
+    if n_jobs > len(job_list):
+        say(f"bench: {n_jobs - len(job_list)} of {n_jobs} runs are already in {out / 'bench.json'}: "
+            f"running the other {len(job_list)}")
+    scored = {r["asset"] for r in base_rows}
     truths: dict[str, Truth] = {}
     for a in asset_list:
-        cfg, _ = job_config(Job("", mode, setting, a, int(seeds[0]), overrides, out, device, config))
-        truths[a] = make_truth(a, cfg, views, size)
-
-    results: list[dict] = []
-    base_rows: list[dict] = []
+        if a in {j.asset for j in job_list} or (baselines and a not in scored):
+            cfg, _ = job_config(Job("", mode, setting, a, int(seeds[0]), overrides, out, device, config))
+            truths[a] = make_truth(a, cfg, views, size)
     t_start = time.perf_counter()
     report = {
-        "mode": mode, "setting": setting, "assets": asset_list, "seeds": [int(s) for s in seeds],
-        "methods": list(fns), "views": views, "size": size, "overrides": overrides, "complete": False,
+        **settings, "assets": _union([r["asset"] for r in results], asset_list),
+        "seeds": sorted(set(int(s) for s in seeds) | {r["seed"] for r in results}),
+        "methods": _union([r["method"] for r in results], fns), "complete": False,
         "results": results, "baselines": base_rows,
     }
 
@@ -370,7 +379,7 @@ def run_bench(methods: Sequence[str] | dict[str, MethodFn] = ("dreamgaussian",),
 
         with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as ex:
             base_futs = [ex.submit(baseline_scores, truths[a], mode, int(seeds[0])) for a in asset_list
-                         if baselines]
+                         if baselines and a not in scored]
             futs = [ex.submit(_worker, (j, truths[j.asset])) for j in job_list]
             for k, fut in enumerate(cf.as_completed(futs)):
                 done(fut.result(), k)
@@ -379,13 +388,38 @@ def run_bench(methods: Sequence[str] | dict[str, MethodFn] = ("dreamgaussian",),
     else:
         for k, job in enumerate(job_list):
             done(_run_job(job, fns[job.method], truths[job.asset]), k)
-        for a in asset_list if baselines else []:
+        for a in [a for a in asset_list if a not in scored] if baselines else []:
             base_rows.extend(baseline_scores(truths[a], mode, int(seeds[0])))
     results.sort(key=lambda r: (r["asset"], r["method"], r["seed"]))
     report["complete"] = True
     write_report(report, out)
     say(f"bench: wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}")
     return _public(report)
+
+
+def previous_runs(out: Path, settings: dict) -> tuple[list[dict], list[dict]]:
+    """The runs and baselines of an earlier bench in ``out`` with the same ``settings`` (mode,
+    setting, views, size, overrides, config), so that a bench started again into its folder (after
+    an interruption, or with more seeds, assets or methods) runs only what is missing and keeps
+    what was there. A ``bench.json`` of other settings is an error: nothing is overwritten."""
+    path = out / "bench.json"
+    if not path.exists():
+        return [], []
+    try:
+        old = json.loads(path.read_text())
+        results, base_rows = list(old["results"]), list(old["baselines"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"bench: {path} exists but is not a readable bench report ({e}); "
+                         "choose another --out or move that file away")
+    diff = [f"{k} {old[k]!r} here, {v!r} now" for k, v in settings.items() if k in old and old[k] != v]
+    if diff:
+        raise InputError(f"bench: {path} holds a bench with other settings ({'; '.join(diff)}); "
+                         "choose another --out, or delete that folder to start again")
+    return results, base_rows
+
+
+def _union(first: Sequence, then: Sequence) -> list:
+    return list(dict.fromkeys([*first, *then]))
 
 
 def _slug(asset: str) -> str:
@@ -504,7 +538,7 @@ def contact_sheet(report: dict, max_assets: int = 3) -> np.ndarray:
         for m in report["methods"]:
             rows += [r for r in report["results"] if r["asset"] == a and r["method"] == m and "_sheet" in r][:1]
         rows += [r for r in report["baselines"] if r["asset"] == a and r["name"] != "truth"]
-        for r in rows:
+        for r in [r for r in rows if "_sheet" in r]:  # rows read back from an earlier bench.json have no images
             tiles.extend(list(r["_sheet"]))
     if not tiles:
         return np.ones((8, 8, 3))
