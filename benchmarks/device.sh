@@ -5,7 +5,7 @@
 #
 # Steps: env, gsplat (JIT-compile gsplat's CUDA code), render, quality, models, prior, compile, mesh,
 # pipeline, resume, turntable, mvdream, mvdream-pipeline, distill-speed, dreamfusion, antialias, magic3d, magic3d-run;
-# bench-ci, bench-distill, bench-geometry, bench-dreamfusion, bench-gsgen, gsgen-parts, bench-magic3d, bench-hard,
+# bench-ci, bench-distill, bench-geometry, bench-dreamfusion, ablate-shading, bench-gsgen, gsgen-parts, bench-magic3d, bench-hard,
 # bench-hard-mv, bench-full, preview-dev, preview-ablate, fidelity (docs/quality.md,
 # docs/fidelity.md: their reports are packed into $OUT/reports.tar.gz). Each step's output goes to $OUT/<step>.log (default OUT=/tmp/out).
 # The machine has torch but not our other dependencies: they travel as wheels in .whl/ (not
@@ -94,13 +94,17 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
             python3 -m dreamgs.cli bench --methods dreamgaussian,dreamfusion --assets test --seeds ${SEEDS:-2} \
                 --mode text --device cuda --jobs ${JOBS:-8} --config benchmarks/ci_size.yaml \
-                --out /tmp/reports/bench-dreamfusion-text
-            python3 -m dreamgs.cli bench --methods dreamfusion --assets test --seeds ${SEEDS:-2} --mode text \
-                --device cuda --jobs ${JOBS:-8} --no-baselines --out /tmp/reports/ablate-df-shading \
-                prior.oracle_shading=lit
-            python3 -m dreamgs.cli bench --methods dreamfusion --assets test --seeds ${SEEDS:-2} --mode text \
-                --device cuda --jobs ${JOBS:-8} --no-baselines --out /tmp/reports/ablate-df-albedo \
-                prior.oracle_shading=lit nerf.albedo_prob=1.0 ;;
+                --out /tmp/reports/bench-dreamfusion-text ;;
+        ablate-shading)  # issue 16: the shading ablation with the lit oracle, shading + textureless vs albedo
+            # only, equal steps, test split at CI size; both at once, JOBS runs each
+            export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+            for v in "shading" "albedo nerf.albedo_prob=1.0"; do
+                set -- $v
+                python3 -m dreamgs.cli bench --methods dreamfusion --assets test --seeds ${SEEDS:-2} --mode text \
+                    --device cuda --jobs ${JOBS:-8} --no-baselines --config benchmarks/ci_size.yaml \
+                    --out /tmp/reports/ablate-df-$1 prior.oracle_shading=lit "${@:2}" &
+            done
+            wait ;;
         magic3d)  # issue 17: Magic3D's fine step at 512 px (full-size random SD 2.1-base) and marching tetrahedra
             [ -f $MODELS/sd/model_index.json ] || python3 benchmarks/full_size_models.py --out $MODELS/sd --which sd --device cuda
             for r in 64 128; do
@@ -118,7 +122,7 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
                 --device cuda --no-baselines --out /tmp/reports/magic3d-kettle ;;
         bench-magic3d)  # issue 17: magic3d beside dreamgaussian on the test split at CI size (text), 3 seeds
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-            python3 -m dreamgs.cli bench --methods dreamgaussian,magic3d --assets test --seeds ${SEEDS:-3} \
+            python3 -m dreamgs.cli bench --methods ${METHODS:-dreamgaussian,magic3d} --assets test --seeds ${SEEDS:-3} \
                 --mode text --device cuda --jobs ${JOBS:-8} --config benchmarks/ci_size.yaml \
                 --out /tmp/reports/bench-magic3d ;;
         bench-ci)  # the test split at CI size, text and image (MODES; docs/quality.md)
