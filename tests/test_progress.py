@@ -103,3 +103,21 @@ def test_step_cost_model_runs_through_both_measured_sizes():
     assert f(64) == pytest.approx(math.sqrt(0.2 * 0.4))  # halfway in log-size
     one = render_model({"prior_s": 0.0, "step_s": {128: 1.0}})
     assert one(256) == pytest.approx(2**SIZE_EXPONENT)
+
+
+def test_expected_gaussian_counts_follow_the_densification_rounds_up_to_the_cap():
+    """The forecast's model of the growth: x GROWTH after the update of each step s with
+    start <= s + 1 < stop and (s + 1) % interval == 0, never above max_gaussians; from a resumed
+    step on, only the rounds still ahead count; without densification the count stays."""
+    from dreamgs.config import load_config
+    from dreamgs.estimate import GROWTH, gaussian_counts
+
+    cfg = load_config("text", overrides=["stage1.iters=200", "densify.start=0", "densify.interval=50",
+                                         "densify.stop=160", "densify.max_gaussians=12000"])
+    n = gaussian_counts(cfg, 5000)
+    assert len(n) == 200
+    assert set(n[:50]) == {5000} and set(n[50:100]) == {int(5000 * GROWTH)}
+    assert set(n[100:150]) == {int(5000 * GROWTH ** 2)} and set(n[150:]) == {12000}
+    assert gaussian_counts(cfg, 8000, start_step=120) == [8000] * 30 + [int(8000 * GROWTH)] * 50
+    cfg.densify.enabled = False
+    assert gaussian_counts(cfg, 5000) == [5000] * 200

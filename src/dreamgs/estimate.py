@@ -8,8 +8,9 @@ stage 2 refines the texture, one call of the prior's refinement. The rest follow
 model, :func:`forecast`: the render share of a step at size s is interpolated between the two
 measured sizes as a power of s (a step has fixed costs, so a 32 px step costs far more than 1/16 of
 a 128 px one; with one size, 1.45 is assumed when extrapolating), and mesh extraction, unwrapping,
-baking, texture steps and videos cost fixed multiples of R, the render share of a 128 px step,
-fitted to measured CPU runs of the oracle prior (``_K``).
+baking, texture steps and videos cost fixed multiples of R, the render share of a 128 px step per
+view it renders, fitted to measured CPU runs of the oracle prior (``_K``). Densification's growth of
+the model (:func:`gaussian_counts`) slows the renders down as it goes.
 
 The forecast is given as a range (``about 3-5 min``); it aims to be within a factor of two.
 """
@@ -31,6 +32,12 @@ from .config import Config
 
 PROBE_STEPS = 4  # timed stage-1 steps (the first is a warm-up)
 SIZE_EXPONENT = 1.45  # render cost ~ size^1.45 over a stage-1 run (fitted: 128 -> 256 -> 512 px steps)
+# Densification multiplies the Gaussians by about GROWTH per round (measured on the README's oracle
+# runs: x1.35-1.5 a round, 5000 -> 30k in text mode, -> 28k in image mode), up to the cap; a render
+# costs ~ count^COUNT_EXPONENT (fixed costs and tiles shared: 175 against 65 ms a step at 29k
+# against 6k Gaussians, text; 277 against 140 ms at 21k against 5k, image).
+GROWTH = 1.45
+COUNT_EXPONENT = 0.6
 # Costs in units of R (see the module docstring), fitted on CPU runs (text, oracle prior, 100 steps).
 _K = {
     "grid": 28.0,        # density grid, per (grid/128)^3 * (gaussians/5000)
@@ -38,7 +45,7 @@ _K = {
     "unwrap": 5.2,       # xatlas, per 10k faces
     "bake_view": 4.8,    # per bake view at 512 px (scaled by size^1.45 and the Gaussian count)
     "refine_mesh": 1.3,  # mesh render + backward per texture step at 512 px (scaled by pixels)
-    "video_frame": 4.0,  # Gaussian turntable, per frame at 512 px (scaled by size^1.45); a guess, not fitted
+    "video_frame": 2.0,  # Gaussian turntable, per frame at 512 px (scaled by size^1.45 and the count's cost)
     "mesh_frame": 1.6,   # mesh turntable (2x supersampled), per frame at 512 px (scaled by pixels); a guess
     "exports": 2.0,      # .ply, .glb, .obj/.png
 }
@@ -157,24 +164,21 @@ def forecast(cfg: Config, timings: dict, start_step: int = 0, stage1_done: bool 
     s1, s2, tex, ex, m = cfg.stage1, cfg.stage2, cfg.texture, cfg.export, cfg.mesh
     prior_s = timings["prior_s"]
     render_s = render_model(timings)
-    r = render_s(128)  # R: render share of a 128 px step
+    r = render_s(128) / (s1.batch_size + (cfg.mode == "image"))  # R: per view rendered (image: + the input view)
 
     def at(size: int, exponent: float = SIZE_EXPONENT) -> float:
         return (size / 512) ** exponent
 
     n0 = max(1, timings["gaussians"])
-    d = cfg.densify
-    # Densification grows the model (by about 40% in a short default run); renders slow down with it.
-    dense = d.enabled and d.start <= s1.iters and not stage1_done
-    n = min(d.max_gaussians, int(n0 * 1.4)) if dense else n0
+    counts = [n0] if stage1_done else gaussian_counts(cfg, n0, start_step)
+    n = counts[-1]
     phases: dict[str, float] = {}
     if not stage1_done:
-        phases["stage 1"] = sum(
-            prior_s + render_s(render_size(cfg, k)) * (n / n0 if dense and k >= d.start else 1.0)
-            for k in range(start_step, s1.iters))
+        phases["stage 1"] = sum(prior_s + render_s(render_size(cfg, k)) * (c / n0) ** COUNT_EXPONENT
+                                for k, c in zip(range(start_step, s1.iters), counts))
     outputs = _K["exports"] * r
     if ex.video:
-        outputs += ex.video_frames * _K["video_frame"] * r * at(ex.video_size) * n / n0
+        outputs += ex.video_frames * _K["video_frame"] * r * at(ex.video_size) * (n / n0) ** COUNT_EXPONENT
     if s2.enabled:
         faces = _K["faces_per_cell"] * m.grid_resolution ** 2
         faces = min(faces, m.target_faces) if m.target_faces else faces
@@ -187,6 +191,18 @@ def forecast(cfg: Config, timings: dict, start_step: int = 0, stage1_done: bool 
             outputs += ex.video_frames * _K["mesh_frame"] * r * at(ex.video_size, 2)
     phases["outputs"] = outputs
     return phases
+
+
+def gaussian_counts(cfg: Config, n0: int, start_step: int = 0) -> list[int]:
+    """The expected number of Gaussians at each stage-1 step from ``start_step`` on, starting from
+    ``n0``: times :data:`GROWTH` after each densification round (the update of step s densifies
+    when ``start <= s + 1 < stop`` and ``(s + 1) % interval == 0``), up to ``max_gaussians``."""
+    d, n, out = cfg.densify, float(n0), []
+    for s in range(start_step, cfg.stage1.iters):
+        out.append(int(n))
+        if d.enabled and d.start <= s + 1 < d.stop and (s + 1) % d.interval == 0:
+            n = max(n, min(float(d.max_gaussians), n * GROWTH))
+    return out or [n0]
 
 
 def describe(seconds: float) -> str:
@@ -213,7 +229,10 @@ def announce(stage1, cfg: Config, device, elapsed: float, stage1_done: bool = Fa
     timings = probe(stage1, cfg)
     phases = forecast(cfg, timings, stage1.step_count, stage1_done)
     render_s = render_model(timings)
-    stage1.step_cost = lambda k: timings["prior_s"] + render_s(render_size(cfg, k))  # the bar's ETA
+    k0 = stage1.step_count
+    counts = gaussian_counts(cfg, max(1, timings["gaussians"]), k0)
+    grow = lambda k: (counts[min(max(k - k0, 0), len(counts) - 1)] / counts[0]) ** COUNT_EXPONENT  # noqa: E731
+    stage1.step_cost = lambda k: timings["prior_s"] + render_s(render_size(cfg, k)) * grow(k)  # the bar's ETA
     if os.environ.get("DREAMGS_ESTIMATE_DEBUG"):
         print(f"estimate: probe {timings}, phases {phases}", file=sys.stderr)
     spent = elapsed + time.perf_counter() - t0
