@@ -32,21 +32,26 @@ def reference(tmp_path_factory):
     return run, res
 
 
-def test_tiny_run_from_the_cli_exports_a_watertight_glb(tmp_path):
+def test_tiny_run_from_the_cli_exports_a_watertight_glb(tmp_path, capsys):
     import trimesh
 
     from dreamgs.bench import METHODS
 
-    assert main(["text", "a mug", "--method", "magic3d", "--prior", "oracle:mug", "--quiet", "--out",
-                 str(tmp_path), *[o for o in TINY if not o.startswith("stage2.enabled")], *MESH]) == 0
+    assert main(["text", "a mug", "--method", "magic3d", "--prior", "oracle:mug", "--out", str(tmp_path),
+                 *[o for o in TINY if not o.startswith("stage2.enabled")], *MESH, "mesh.target_faces=400"]) == 0
+    assert "stage 2: extracting the mesh (the DMTet's zero set)" in capsys.readouterr().err
     (run,) = list(tmp_path.iterdir())
     assert (run / "dmtet.safetensors").is_file() and (run / "model.glb").is_file()
     assert not (run / CHECKPOINT_NAME).exists() and "method: magic3d" in (run / "config.yaml").read_text()
     tm = trimesh.load(run / "model.glb", force="mesh")
     tm.merge_vertices(merge_tex=True, merge_norm=True)  # UV seams split the glb's vertices
-    assert len(tm.faces) > 50 and tm.is_watertight and tm.is_winding_consistent and tm.volume > 0
+    assert 50 < len(tm.faces) <= 400 and tm.is_watertight and tm.is_winding_consistent and tm.volume > 0
     assert float(abs(tm.vertices).max()) <= 0.75 + 1e-4  # inside the NeRF's box
     assert "magic3d" in METHODS
+    from test_export import validate_glb
+
+    issues = validate_glb(run / "model.glb", tmp_path)["issues"]
+    assert issues["numErrors"] == 0 and issues["numWarnings"] == 0, issues["messages"]
 
 
 def test_run_folder_holds_the_dmtet_and_the_fine_stage_ran(reference):

@@ -190,7 +190,8 @@ def run_stage2(model: GaussianModel, prior: Prior | None, cfg: Config, ref=None,
 
     timings = {} if timings is None else timings
     t = time.perf_counter()
-    with phase("stage 2: extracting the mesh", f"{cfg.mesh.grid_resolution}^3 density grid", progress):
+    source = getattr(model, "mesh_source", f"{cfg.mesh.grid_resolution}^3 density grid")
+    with phase("stage 2: extracting the mesh", source, progress):
         if isinstance(model, GaussianModel):
             mesh = extract_mesh(model, cfg.mesh, timings=timings)
         else:  # another representation (the NeRF): its density through the same marching cubes

@@ -316,6 +316,8 @@ class DMTetModel:
     field's ``grid.*``/``mlp.*``), so a trainer that replaces a tensor in it updates the model.
     Surface colours are the field's albedo at the surface vertices, interpolated over the faces."""
 
+    mesh_source = "the DMTet's zero set"  # what to_mesh extracts, for stage 2's progress line
+
     def __init__(self, geometry: DMTet, color, lr_sdf: float = 0.01, lr_deform: float = 0.01,
                  lr_color: float = 0.001):
         self.geometry, self.color = geometry, color
