@@ -37,8 +37,8 @@ def blob_field(scale=10.0, std=0.3) -> NerfModel:
     return m
 
 
-def random_field(seed=0) -> NerfModel:
-    m = NerfModel.create(NerfSpec(**SMALL), generator=torch.Generator().manual_seed(seed))
+def random_field(seed=0, activation="softplus") -> NerfModel:
+    m = NerfModel.create(NerfSpec(**SMALL, density_activation=activation), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         for k, v in m.params.items():
             if k.startswith("grid"):
@@ -97,8 +97,9 @@ def test_normals_of_the_blob_point_outwards():
     assert torch.allclose(n, x / x.norm(dim=-1, keepdim=True), atol=1e-5)
 
 
-def test_written_out_normals_equal_autograd_and_finite_differences():
-    m = random_field()
+@pytest.mark.parametrize("activation", ["softplus", "exp"])
+def test_written_out_normals_equal_autograd_and_finite_differences(activation):
+    m = random_field(activation=activation)
     x = (torch.rand(300, 3, generator=torch.Generator().manual_seed(1)) * 1.4 - 0.7)
     _, _, n = m.density_albedo_normal(x)
     xg = x.clone().requires_grad_(True)
@@ -278,3 +279,37 @@ def test_both_representations_satisfy_the_seam():
         assert rgb.shape == (1, 16, 16, 3) and alpha.shape == (1, 16, 16, 1) and float(alpha.max()) > 0.5
     assert nerf.to_mesh(MeshConfig(grid_resolution=24, target_faces=0), 5.0).num_faces > 0
     assert gs.to_mesh(MeshConfig(grid_resolution=24, target_faces=0), 0.5).num_faces > 0
+
+
+def test_exp_activation_is_the_clamped_exponential_and_is_saved_with_the_field(tmp_path):
+    """density_activation="exp": exp(min(raw + blob, 11)), the same field otherwise; the choice is
+    part of the saved spec, and a file saved without it (before the option) loads as softplus."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    soft, ex = random_field(3), random_field(3, activation="exp")
+    x = torch.rand(200, 3, generator=torch.Generator().manual_seed(4)) * 1.4 - 0.7
+    with torch.no_grad():
+        z = soft.raw(x)[:, 0] + soft.blob(x)
+        assert torch.allclose(soft.density(x), torch.nn.functional.softplus(z))
+        assert torch.allclose(ex.density(x), torch.exp(z.clamp(max=11.0)))
+        assert torch.allclose(ex.density_albedo(x)[1], soft.density_albedo(x)[1])
+    assert load_nerf(save_nerf(ex, tmp_path / "exp.safetensors")).spec.density_activation == "exp"
+    p = save_nerf(soft, tmp_path / "old.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(p), framework="pt") as f:
+        meta = json.loads(f.metadata()["dreamgs-nerf"])
+    meta.pop("density_activation")
+    save_file(load_file(str(p)), str(p), metadata={"dreamgs-nerf": json.dumps(meta)})
+    assert load_nerf(p).spec.density_activation == "softplus"
+
+
+def test_an_unknown_density_activation_is_refused_by_name():
+    from dreamgs.config import load_config
+    from dreamgs.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="nerf.density_activation: expected softplus or exp, got 'cube'"):
+        load_config("text", overrides=["method=dreamfusion", "nerf.density_activation=cube"])
+    assert load_config("text", overrides=["nerf.density_activation=exp"]).nerf.density_activation == "exp"

@@ -301,6 +301,7 @@ class NerfConfig:
     hidden: int = 32  # MLP width
     blob_scale: float = 10.0  # density bias blob_scale * (1 - |x| / blob_std) (threestudio's blob_magic3d)
     blob_std: float = 0.5
+    density_activation: str = "softplus"  # softplus | exp (sharper surfaces; see docs/quality.md, DreamFusion)
     samples: int = 64  # stratified samples per ray
     occ_resolution: int = 32  # occupancy grid cells per axis
     occ_every: int = 16  # steps between occupancy refreshes
@@ -688,6 +689,8 @@ def validate(cfg: Config) -> None:
     n = cfg.nerf
     if n.background not in ("random", "mlp"):
         raise ConfigError(f"nerf.background: expected random or mlp, got '{n.background}'")
+    if n.density_activation not in ("softplus", "exp"):
+        raise ConfigError(f"nerf.density_activation: expected softplus or exp, got '{n.density_activation}'")
     if n.samples < 2 or n.levels < 1 or n.features < 1 or n.hidden < 1 or n.occ_resolution < 2 or n.occ_every < 1:
         raise ConfigError("nerf.samples, levels, features, hidden, occ_resolution and occ_every must be positive "
                           "(samples and occ_resolution at least 2)")

@@ -35,7 +35,8 @@ def nerf_spec(cfg: Config) -> NerfSpec:
     n = cfg.nerf
     return NerfSpec(bound=n.bound, levels=n.levels, base_resolution=n.base_resolution,
                     max_resolution=n.max_resolution, features=n.features, log2_table=n.log2_table,
-                    hidden=n.hidden, blob_scale=n.blob_scale, blob_std=n.blob_std, occ_resolution=n.occ_resolution)
+                    hidden=n.hidden, blob_scale=n.blob_scale, blob_std=n.blob_std, occ_resolution=n.occ_resolution,
+                    density_activation=n.density_activation)
 
 
 class NerfTrainer:

@@ -7,6 +7,9 @@ corners into the table (the spatial hash with primes 1, 2654435761, 805459861). 
 maps the concatenated features to a raw density and a raw albedo:
 
     density(x) = softplus(raw(x) + blob(x)),  blob(x) = blob_scale * (1 - |x| / blob_std)
+
+(or ``exp(min(raw(x) + blob(x), 11))`` with ``density_activation="exp"``, stable-dreamfusion's
+choice: the density can grow far higher, so the surface gets sharper)
     albedo(x)  = sigmoid(raw_rgb(x))
 
 The blob is DreamFusion's centre bias (threestudio's ``blob_magic3d``): at the start the field is a
@@ -36,6 +39,7 @@ from torch import Tensor
 from ..cameras import Cameras
 
 PRIMES = (1, 2654435761, 805459861)
+EXP_CLAMP = 11.0  # density_activation="exp": exp(min(z, 11)), so a density stays below ~6e4
 SHADINGS = ("albedo", "lambertian", "textureless")
 
 
@@ -53,6 +57,7 @@ class NerfSpec:
     blob_scale: float = 10.0
     blob_std: float = 0.5
     occ_resolution: int = 32
+    density_activation: str = "softplus"  # softplus | exp (clamped at 11: density at most ~6e4)
 
     def resolutions(self) -> list[int]:
         if self.levels == 1:
@@ -169,12 +174,16 @@ class NerfModel:
         h = F.relu(self.encode(x)[0] @ p["mlp.w0"] + p["mlp.b0"])
         return h @ p["mlp.w1"] + p["mlp.b1"]
 
+    def activate(self, z: Tensor) -> Tensor:
+        """Raw density (with the blob) -> density, by ``spec.density_activation``."""
+        return torch.exp(z.clamp(max=EXP_CLAMP)) if self.spec.density_activation == "exp" else F.softplus(z)
+
     def density(self, x: Tensor) -> Tensor:
-        return F.softplus(self.raw(x)[:, 0] + self.blob(x))
+        return self.activate(self.raw(x)[:, 0] + self.blob(x))
 
     def density_albedo(self, x: Tensor) -> tuple[Tensor, Tensor]:
         out = self.raw(x)
-        return F.softplus(out[:, 0] + self.blob(x)), torch.sigmoid(out[:, 1:])
+        return self.activate(out[:, 0] + self.blob(x)), torch.sigmoid(out[:, 1:])
 
     def density_albedo_normal(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Density, albedo and normal -grad(density)/|grad(density)| at ``x``; the gradient is
@@ -189,9 +198,10 @@ class NerfModel:
         dfeat = ((pre > 0).to(x.dtype) * p["mlp.w1"][:, 0]) @ p["mlp.w0"].T  # (N, Ftot)
         r = x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         dz = torch.einsum("nf,nfk->nk", dfeat, jac) - (s.blob_scale / s.blob_std) * x / r
-        grad = torch.sigmoid(z)[:, None] * dz  # softplus' = sigmoid
-        normal = -grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-10)
-        return F.softplus(z), torch.sigmoid(out[:, 1:]), normal
+        # -grad(density) / |grad(density)| = -dz / |dz|: both activations are increasing, so their
+        # derivative (sigmoid(z) or exp(z)) scales the gradient without turning it
+        normal = -dz / dz.norm(dim=-1, keepdim=True).clamp_min(1e-10)
+        return self.activate(z), torch.sigmoid(out[:, 1:]), normal
 
     # -- occupancy -------------------------------------------------------------------------------
 
