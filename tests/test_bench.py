@@ -119,6 +119,7 @@ def test_an_interrupted_bench_keeps_the_runs_that_finished(tmp_path):
                   device="cpu", progress=False, overrides=["seed=3"])
     assert (tmp_path / "bench.json").read_text() == before and len(calls) == 2
 
+
 def test_a_run_with_no_surface_is_a_failed_row_not_a_crashed_bench(tmp_path):
     from dreamgs.bench import load_truth, markdown
     from dreamgs.errors import EmptyModelError

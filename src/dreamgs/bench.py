@@ -356,11 +356,12 @@ def run_bench(methods: Sequence[str] | dict[str, MethodFn] = ("dreamgaussian",),
         say(f"bench: {n_jobs - len(job_list)} of {n_jobs} runs are already in {out / 'bench.json'}: "
             f"running the other {len(job_list)}")
     scored = {r["asset"] for r in base_rows}
+    base_assets = [a for a in asset_list if a not in scored] if baselines else []  # baselines still to score
+    needed = {j.asset for j in job_list} | set(base_assets)
     truths: dict[str, Truth] = {}
-    for a in asset_list:
-        if a in {j.asset for j in job_list} or (baselines and a not in scored):
-            cfg, _ = job_config(Job("", mode, setting, a, int(seeds[0]), overrides, out, device, config))
-            truths[a] = make_truth(a, cfg, views, size)
+    for a in [a for a in asset_list if a in needed]:
+        cfg, _ = job_config(Job("", mode, setting, a, int(seeds[0]), overrides, out, device, config))
+        truths[a] = make_truth(a, cfg, views, size)
     t_start = time.perf_counter()
     report = {
         **settings, "assets": _union([r["asset"] for r in results], asset_list),
@@ -378,8 +379,7 @@ def run_bench(methods: Sequence[str] | dict[str, MethodFn] = ("dreamgaussian",),
         import multiprocessing as mp
 
         with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as ex:
-            base_futs = [ex.submit(baseline_scores, truths[a], mode, int(seeds[0])) for a in asset_list
-                         if baselines and a not in scored]
+            base_futs = [ex.submit(baseline_scores, truths[a], mode, int(seeds[0])) for a in base_assets]
             futs = [ex.submit(_worker, (j, truths[j.asset])) for j in job_list]
             for k, fut in enumerate(cf.as_completed(futs)):
                 done(fut.result(), k)
@@ -388,7 +388,7 @@ def run_bench(methods: Sequence[str] | dict[str, MethodFn] = ("dreamgaussian",),
     else:
         for k, job in enumerate(job_list):
             done(_run_job(job, fns[job.method], truths[job.asset]), k)
-        for a in [a for a in asset_list if a not in scored] if baselines else []:
+        for a in base_assets:
             base_rows.extend(baseline_scores(truths[a], mode, int(seeds[0])))
     results.sort(key=lambda r: (r["asset"], r["method"], r["seed"]))
     report["complete"] = True

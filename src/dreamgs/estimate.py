@@ -79,11 +79,12 @@ def _sync(device) -> None:
 
 def _probe_step(cfg: Config, s1, d) -> int:
     """A step of the segment starting at ``s1`` whose update neither densifies nor resets opacity."""
+    from .train import densifies_at
+
     s = s1
     for _ in range(64):
         n = s + 1
-        busy = d.enabled and ((d.start <= n < d.stop and n % d.interval == 0)
-                              or (d.opacity_reset_interval and n % d.opacity_reset_interval == 0))
+        busy = densifies_at(d, n) or (d.enabled and d.opacity_reset_interval and n % d.opacity_reset_interval == 0)
         if not busy:
             break
         s += 1
@@ -157,25 +158,35 @@ def render_model(timings: dict) -> Callable[[int], float]:
     return lambda size: c0 * (size / s0) ** k
 
 
-def forecast(cfg: Config, timings: dict, start_step: int = 0, stage1_done: bool = False) -> dict[str, float]:
-    """Predicted seconds of each phase still ahead, from :func:`probe`'s ``timings``."""
+def stage1_step_cost(cfg: Config, timings: dict, start_step: int = 0) -> tuple[Callable[[int], float], list[int]]:
+    """Predicted seconds of stage-1 step k (from ``start_step`` on): the prior's share plus the render
+    share at the step's size, slowed as the model grows (:func:`gaussian_counts`, also returned)."""
     from .stage1 import render_size
 
-    s1, s2, tex, ex, m = cfg.stage1, cfg.stage2, cfg.texture, cfg.export, cfg.mesh
-    prior_s = timings["prior_s"]
     render_s = render_model(timings)
-    r = render_s(128) / (s1.batch_size + (cfg.mode == "image"))  # R: per view rendered (image: + the input view)
+    counts = gaussian_counts(cfg, max(1, timings["gaussians"]), start_step)
+
+    def cost(k: int) -> float:
+        c = counts[min(max(k - start_step, 0), len(counts) - 1)]
+        return timings["prior_s"] + render_s(render_size(cfg, k)) * (c / counts[0]) ** COUNT_EXPONENT
+    return cost, counts
+
+
+def forecast(cfg: Config, timings: dict, start_step: int = 0, stage1_done: bool = False) -> dict[str, float]:
+    """Predicted seconds of each phase still ahead, from :func:`probe`'s ``timings``."""
+    s1, s2, tex, ex, m = cfg.stage1, cfg.stage2, cfg.texture, cfg.export, cfg.mesh
+    # R: the render share of a 128 px step per view it renders (image mode renders the input view too)
+    r = render_model(timings)(128) / (s1.batch_size + (cfg.mode == "image"))
 
     def at(size: int, exponent: float = SIZE_EXPONENT) -> float:
         return (size / 512) ** exponent
 
-    n0 = max(1, timings["gaussians"])
-    counts = [n0] if stage1_done else gaussian_counts(cfg, n0, start_step)
-    n = counts[-1]
+    cost, counts = stage1_step_cost(cfg, timings, start_step)
+    n0 = counts[0]
+    n = n0 if stage1_done else counts[-1]
     phases: dict[str, float] = {}
     if not stage1_done:
-        phases["stage 1"] = sum(prior_s + render_s(render_size(cfg, k)) * (c / n0) ** COUNT_EXPONENT
-                                for k, c in zip(range(start_step, s1.iters), counts))
+        phases["stage 1"] = sum(cost(k) for k in range(start_step, s1.iters))
     outputs = _K["exports"] * r
     if ex.video:
         outputs += ex.video_frames * _K["video_frame"] * r * at(ex.video_size) * (n / n0) ** COUNT_EXPONENT
@@ -197,10 +208,12 @@ def gaussian_counts(cfg: Config, n0: int, start_step: int = 0) -> list[int]:
     """The expected number of Gaussians at each stage-1 step from ``start_step`` on, starting from
     ``n0``: times :data:`GROWTH` after each densification round (the update of step s densifies
     when ``start <= s + 1 < stop`` and ``(s + 1) % interval == 0``), up to ``max_gaussians``."""
+    from .train import densifies_at
+
     d, n, out = cfg.densify, float(n0), []
     for s in range(start_step, cfg.stage1.iters):
         out.append(int(n))
-        if d.enabled and d.start <= s + 1 < d.stop and (s + 1) % d.interval == 0:
+        if densifies_at(d, s + 1):
             n = max(n, min(float(d.max_gaussians), n * GROWTH))
     return out or [n0]
 
@@ -223,16 +236,11 @@ def announce(stage1, cfg: Config, device, elapsed: float, stage1_done: bool = Fa
     in all (stage 1 ~2:23, then ~1:54, 0:13 so far)``. ``$DREAMGS_ESTIMATE_DEBUG`` also prints the
     probe's timings and the predicted phases."""
     from .progress import clock
-    from .stage1 import render_size
 
     t0 = time.perf_counter()
     timings = probe(stage1, cfg)
     phases = forecast(cfg, timings, stage1.step_count, stage1_done)
-    render_s = render_model(timings)
-    k0 = stage1.step_count
-    counts = gaussian_counts(cfg, max(1, timings["gaussians"]), k0)
-    grow = lambda k: (counts[min(max(k - k0, 0), len(counts) - 1)] / counts[0]) ** COUNT_EXPONENT  # noqa: E731
-    stage1.step_cost = lambda k: timings["prior_s"] + render_s(render_size(cfg, k)) * grow(k)  # the bar's ETA
+    stage1.step_cost = stage1_step_cost(cfg, timings, stage1.step_count)[0]  # the bar's ETA
     if os.environ.get("DREAMGS_ESTIMATE_DEBUG"):
         print(f"estimate: probe {timings}, phases {phases}", file=sys.stderr)
     spent = elapsed + time.perf_counter() - t0

@@ -18,6 +18,12 @@ from .gaussians import DensifyStats, GaussianModel, densify_and_prune, densify_c
 from .render import RenderOutput
 
 
+def densifies_at(d: DensifyConfig, step: int, densify_from: int = 0) -> bool:
+    """Whether the update that brings the step count to ``step`` densifies (DreamGaussian's rule:
+    ``start <= step < stop`` and ``step % interval == 0``; never before ``densify_from``)."""
+    return d.enabled and max(d.start, densify_from) <= step < d.stop and step % d.interval == 0
+
+
 def finite_and_floats(checked: list[Tensor], values: list[Tensor]) -> tuple[bool, list[float]]:
     """Whether every tensor in ``checked`` is finite, and the scalar tensors ``values`` as floats,
     read back from the device in one copy (in ``checked[0]``'s dtype), so a step waits once."""
@@ -79,7 +85,7 @@ class GaussianTrainer:
         update_learning_rate(self.optimizer, self.step_count, self.gcfg, self.spatial_scale)
         d = self.dcfg
         s = self.step_count
-        if d.enabled and max(d.start, self.densify_from) <= s < d.stop and s % d.interval == 0:
+        if densifies_at(d, s, self.densify_from):
             self.last_densify = {}
             if d.mode in ("grad", "both"):
                 self.last_densify = densify_and_prune(self.model, self.optimizer, self.stats, d, self.generator)

@@ -7,10 +7,10 @@ corners into the table (the spatial hash with primes 1, 2654435761, 805459861). 
 maps the concatenated features to a raw density and a raw albedo:
 
     density(x) = softplus(raw(x) + blob(x)),  blob(x) = blob_scale * (1 - |x| / blob_std)
-
-(or ``exp(min(raw(x) + blob(x), 11))`` with ``density_activation="exp"``, stable-dreamfusion's
-choice: the density can grow far higher, so the surface gets sharper)
     albedo(x)  = sigmoid(raw_rgb(x))
+
+(with ``density_activation="exp"``, density(x) = exp(min(raw(x) + blob(x), 11)), stable-dreamfusion's
+choice: the density can grow far higher, so the surface gets sharper).
 
 The blob is DreamFusion's centre bias (threestudio's ``blob_magic3d``): at the start the field is a
 soft ball that score distillation carves. Normals are the negative normalised density gradient,
