@@ -321,6 +321,54 @@ class CudaGraphCache:
         return static_out.clone()
 
 
+class GraphedBackwardCache:
+    """``fn(*tensors) -> loss``, where ``fn`` also back-propagates the loss into ``params``' grads,
+    replayed from a CUDA graph, one per input shape (a training step's forward and backward).
+
+    The first call with a new shape runs ``fn`` a few times on a side stream with the grads
+    cleared (only the grads change: the optimiser step is the caller's), then captures it with the
+    grads cleared, so that the captured backward writes (not accumulates) into grads that live in
+    the graph's memory. Each replay copies the inputs in, re-runs the kernels and points every
+    ``param.grad`` at its graph's buffer again; the result is a fresh copy of the loss.
+    """
+
+    def __init__(self, fn, params: list[Tensor], warmup: int = 3):
+        self.fn = fn
+        self.params = list(params)
+        self.warmup = warmup
+        self.graphs: dict[tuple, tuple] = {}
+
+    def _clear(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def __call__(self, *args: Tensor) -> Tensor:
+        key = _shape_key(args)
+        entry = self.graphs.get(key)
+        if entry is None:
+            static_in = tuple(a.clone() for a in args)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup):
+                    self._clear()
+                    self.fn(*static_in)
+            torch.cuda.current_stream().wait_stream(side)
+            self._clear()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_loss = self.fn(*static_in)
+            grads = [p.grad for p in self.params]
+            entry = self.graphs[key] = (graph, static_in, static_loss, grads)
+        graph, static_in, static_loss, grads = entry
+        for buf, a in zip(static_in, args):
+            buf.copy_(a)
+        graph.replay()
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        return static_loss.detach().clone()
+
+
 class GraphedAutogradCache:
     """``fn(x)`` with its forward and backward passes replayed from CUDA graphs, one pair per
     input shape (``torch.cuda.make_graphed_callables``). Without gradient, ``fn`` runs eagerly.

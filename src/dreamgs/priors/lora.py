@@ -78,11 +78,14 @@ class UNetLoRA:
         self.optimizer = torch.optim.AdamW(params, lr=lr)
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
         self.last_loss = float("nan")
-        # With the prior's UNet call on CUDA graphs, the adapted UNet's prediction is graphed too
-        # (its weights are updated in place, so the captured graph stays valid).
-        from .latent import CudaGraphCache
+        # With the prior's UNet call on CUDA graphs, the adapted UNet's prediction and its training
+        # step's forward and backward are graphed too (the optimiser updates the weights in place,
+        # so the captured graphs stay valid; AdamW runs eagerly on the graphed grads).
+        from .latent import CudaGraphCache, GraphedBackwardCache
 
-        self._eps_call = CudaGraphCache(self._eps_raw) if isinstance(prior._unet_call, CudaGraphCache) else None
+        graphed = isinstance(prior._unet_call, CudaGraphCache)
+        self._eps_call = CudaGraphCache(self._eps_raw) if graphed else None
+        self._train_call = GraphedBackwardCache(self._train_raw, params) if graphed else None
 
     @contextlib.contextmanager
     def active(self):
@@ -95,10 +98,13 @@ class UNetLoRA:
             self.unet.class_embedding = None
             self.unet.disable_adapters()
 
-    def _call(self, x: Tensor, t: Tensor, cams: Cameras, camvec: Tensor) -> Tensor:
+    def _condition(self, cams: Cameras, n: int) -> tuple[Tensor, ...]:
+        cond = self.prior.lora_condition(cams, n)
+        return tuple(cond) if isinstance(cond, tuple) else (cond,)
+
+    def _unet(self, x: Tensor, t: Tensor, camvec: Tensor, cond: tuple[Tensor, ...]) -> Tensor:
         """The adapted UNet's raw output; call inside :meth:`active`."""
-        prior = self.prior
-        return prior.lora_unet_call(x.to(prior.dtype), t, prior.lora_condition(cams, x.shape[0]), camvec)
+        return self.prior.lora_unet_call(x.to(self.prior.dtype), t, cond if len(cond) > 1 else cond[0], camvec)
 
     def _randn(self, shape) -> Tensor:
         return torch.randn(shape, generator=self.generator, device=self.device, dtype=self.prior.acc_dtype)
@@ -106,11 +112,14 @@ class UNetLoRA:
     def loss(self, x0: Tensor, cams: Cameras, t: Tensor, noise: Tensor, camvec: Tensor) -> Tensor:
         """The denoising loss of the adapted UNet for clean latents ``x0`` at timesteps ``t`` (B,);
         call inside :meth:`active`."""
+        return self._loss(x0, t, noise, camvec, self._condition(cams, x0.shape[0]))
+
+    def _loss(self, x0: Tensor, t: Tensor, noise: Tensor, camvec: Tensor, cond: tuple[Tensor, ...]) -> Tensor:
         prior = self.prior
         abar = prior.alphas_cumprod[t].reshape(-1, *([1] * (x0.ndim - 1)))
         x0 = x0.detach().to(prior.acc_dtype)
         x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
-        out = self._call(x_t, t, cams, camvec)
+        out = self._unet(x_t, t, camvec, cond)
         target = noise if prior.prediction_type == "epsilon" else abar.sqrt() * noise - (1 - abar).sqrt() * x0
         return F.mse_loss(out.float(), target.float())
 
@@ -123,27 +132,34 @@ class UNetLoRA:
         camvec = camera_vector(cams).to(self.device)
         keep = torch.rand(n, generator=self.generator, device=self.device) >= self.camera_dropout
         camvec = camvec * keep[:, None].float()
-        # backward inside active(): peft turns the adapter's requires_grad off when it is disabled
-        with torch.enable_grad(), self.active():
-            loss = self.loss(x0, cams, t, noise, camvec)
+        args = (x0.detach().to(self.prior.acc_dtype), t, noise, camvec, *self._condition(cams, n))
+        if self._train_call is not None:
+            loss = self._train_call(*args)
+        else:
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = self._train_raw(*args)
         if torch.isfinite(loss):
             self.optimizer.step()
-        self.last_loss = float(loss.detach())
+        self.last_loss = float(loss)
+
+    def _train_raw(self, x0: Tensor, t: Tensor, noise: Tensor, camvec: Tensor, *cond: Tensor) -> Tensor:
+        """The denoising loss, back-propagated into the adapter's and camera embedding's grads."""
+        # backward inside active(): peft turns the adapter's requires_grad off when it is disabled
+        with torch.enable_grad(), self.active():
+            loss = self._loss(x0, t, noise, camvec, cond)
+            loss.backward()
+        return loss.detach()
 
     def _eps_raw(self, x: Tensor, t: Tensor, camvec: Tensor, *cond: Tensor) -> Tensor:
         with self.active():
-            return self.prior.lora_unet_call(x, t, cond if len(cond) > 1 else cond[0], camvec)
+            return self._unet(x, t, camvec, cond)
 
     @torch.no_grad()
     def eps(self, x_t: Tensor, t: int, cams: Cameras) -> Tensor:
         """The adapted UNet's noise prediction for ``x_t`` at ``t`` with the cameras (guidance 1)."""
         n = x_t.shape[0]
         ts = torch.full((n,), int(t), device=self.device, dtype=torch.long)
-        cond = self.prior.lora_condition(cams, n)
-        cond = tuple(cond) if isinstance(cond, tuple) else (cond,)
-        args = (x_t.to(self.prior.dtype), ts, camera_vector(cams).to(self.device), *cond)
+        args = (x_t.to(self.prior.dtype), ts, camera_vector(cams).to(self.device), *self._condition(cams, n))
         out = self._eps_call(*args) if self._eps_call is not None else self._eps_raw(*args)
         return self.prior.to_eps(out, x_t, t)
 
