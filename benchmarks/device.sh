@@ -70,8 +70,10 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
         turntable)
             python3 benchmarks/turntable_gpu.py --out /tmp/turntable ;;
         distill-speed)  # issue 18: one SDS, VSD and ISM step with the full-size random SD 2.1-base (512 px, batch 1),
-            # each at its own default guidance, median ms and peak memory (target: VSD, ISM <= 3x SDS)
+            # each at its own default guidance, median ms and peak memory (target: VSD, ISM <= 3x SDS);
+            # first the CUDA-graph LoRA training step against the eager one (tests/test_distill.py)
             [ -f $MODELS/sd/model_index.json ] || python3 benchmarks/full_size_models.py --out $MODELS/sd --which sd --device cuda
+            python3 -m pytest -q -p no:cacheprovider tests/test_distill.py -k "lora_training_step"
             python3 benchmarks/distill_speed.py --model $MODELS/sd --batch 1
             python3 benchmarks/distill_speed.py --model $MODELS/sd --batch 4 --iters 10 ;;
         bench-distill)  # issue 18: SDS, VSD and ISM (prior.distill; RULES) on the test split at CI size, equal steps,
@@ -205,7 +207,7 @@ PY
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
             mkdir -p /tmp/reports/gsgen-parts
             for a in ${ASSETS:-gen:0 gen:1 gen:2 gen:3 gen:4 gen:5 gen:6 gen:7}; do for s in ${SEEDS_LIST:-0}; do
-                python3 benchmarks/gsgen_parts.py --assets $a --seed $s --device cuda \
+                python3 benchmarks/gsgen_parts.py --assets $a --seed $s --device cuda ${VARIANTS:+--variants $VARIANTS} \
                     --out /tmp/reports/gsgen-parts/gsgen-parts-${a/:/}-s$s.jsonl &
             done; done
             wait ;;
@@ -213,8 +215,8 @@ PY
             # at CI size, beside bench-ci's DreamGaussian rows (MODES)
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
             for m in ${MODES:-text}; do
-                python3 -m dreamgs.cli bench --assets test --seeds ${SEEDS:-3} --mode $m --device cuda --jobs ${JOBS:-8} \
-                    --config benchmarks/gsgen_ci_size.yaml --out /tmp/reports/bench-gsgen-$m
+                python3 -m dreamgs.cli bench --methods gsgen --assets test --seeds ${SEEDS:-3} --mode $m --device cuda \
+                    --jobs ${JOBS:-8} --config benchmarks/gsgen_ci_size.yaml --out /tmp/reports/bench-gsgen-$m
             done ;;
         antialias)  # issue 17: the antialiased torch mesh raster at 512² per step (render + backward, learnable
             # vertices and texture), beside the plain raster, 20k and 100k faces, 1 and 4 views
