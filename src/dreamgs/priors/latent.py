@@ -284,6 +284,23 @@ def _shape_key(args: tuple[Tensor, ...]) -> tuple:
     return tuple((tuple(a.shape), a.dtype, a.device, a.requires_grad) for a in args)
 
 
+def _capture(fn, static_in: tuple[Tensor, ...], warmup: int, before=lambda: None):
+    """``(graph, output)``: ``fn(*static_in)`` run ``warmup`` times on a side stream (cuDNN/cuBLAS
+    autotuning and lazy allocations happen there), then captured; ``before()`` runs before each."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            before()
+            fn(*static_in)
+    torch.cuda.current_stream().wait_stream(side)
+    before()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn(*static_in)
+    return graph, out
+
+
 class CudaGraphCache:
     """``fn(*tensors) -> tensor`` (no gradient) replayed from a CUDA graph, one per input shape.
 
@@ -304,15 +321,7 @@ class CudaGraphCache:
         entry = self.graphs.get(key)
         if entry is None:
             static_in = tuple(a.clone() for a in args)
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(self.warmup):
-                    self.fn(*static_in)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self.fn(*static_in)
+            graph, static_out = _capture(self.fn, static_in, self.warmup)
             entry = self.graphs[key] = (graph, static_in, static_out)
         graph, static_in, static_out = entry
         for buf, a in zip(static_in, args):
@@ -347,19 +356,8 @@ class GraphedBackwardCache:
         entry = self.graphs.get(key)
         if entry is None:
             static_in = tuple(a.clone() for a in args)
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(self.warmup):
-                    self._clear()
-                    self.fn(*static_in)
-            torch.cuda.current_stream().wait_stream(side)
-            self._clear()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_loss = self.fn(*static_in)
-            grads = [p.grad for p in self.params]
-            entry = self.graphs[key] = (graph, static_in, static_loss, grads)
+            graph, static_loss = _capture(self.fn, static_in, self.warmup, before=self._clear)
+            entry = self.graphs[key] = (graph, static_in, static_loss, [p.grad for p in self.params])
         graph, static_in, static_loss, grads = entry
         for buf, a in zip(static_in, args):
             buf.copy_(a)
