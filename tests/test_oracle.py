@@ -63,6 +63,42 @@ def test_denoiser_matches_brute_force_posterior_mean(library):
             np.testing.assert_allclose(x0_u[b].reshape(-1).numpy(), ref_u, atol=2e-4)
 
 
+def test_kernel_denoiser_matches_tweedie_on_the_mixture_density(library):
+    """prior.oracle_data_sigma: with each reference a Gaussian kernel N(x_i, sigma^2 I), the
+    posterior mean must be Tweedie's (x_t + s^2 grad log p(x_t)) / a of the marginal
+    p(x_t) = sum_i pi_i N(x_t; a x_i, (a^2 sigma^2 + s^2) I), its gradient by float64 autograd."""
+    sigma = 0.2
+    prior = OraclePrior(library, "red", guidance_scale=1.0, data_sigma=sigma)
+    refs = torch.cat([a.images for a in library]).reshape(len(prior.asset_id), -1).double()
+    cams = make_cameras([-10.0, 5.0], [20.0, 170.0], 2.0, 49.1, RES)
+    g = torch.Generator().manual_seed(0)
+    for t in (1, 50, 300, 950):
+        abar = alphas_cumprod()[t].double()
+        a, s2 = abar.sqrt(), 1.0 - abar
+        x_t = torch.randn(2, 3, RES, RES, generator=g, dtype=torch.float64) * 0.7
+        cond, uncond = prior.log_weights(cams)
+        x0_c, x0_u = prior.denoise(x_t, t, cond, uncond)
+        for b in range(2):
+            for lw, got in ((cond[b], x0_c[b]), (uncond[b], x0_u[b])):
+                x = x_t[b].reshape(-1).clone().requires_grad_(True)
+                logp = torch.logsumexp(lw.double() - ((x[None] - a * refs) ** 2).sum(-1) / (2 * (abar * sigma**2 + s2)), 0)
+                (grad,) = torch.autograd.grad(logp, x)
+                expected = (x.detach() + s2 * grad) / a
+                np.testing.assert_allclose(got.reshape(-1).numpy(), expected.numpy(), atol=2e-4)
+
+
+def test_kernel_oracle_noise_estimate_stays_bounded_near_t0(library):
+    """The reason for the kernel: at t = 1 the exact oracle's noise estimate for an image that is no
+    reference is huge (|x - a x_ref| / s_t with s_t ~ 0.01); with sigma = 0.2 it is of unit size."""
+    cams = make_cameras([0.0], [30.0], 2.0, 49.1, RES)
+    grey = torch.zeros(1, 3, RES, RES, dtype=torch.float64)
+    rms = {}
+    for sigma in (0.0, 0.2):
+        prior = OraclePrior(library, "red", guidance_scale=1.0, data_sigma=sigma)
+        rms[sigma] = float(prior.eps_uncond(grey, 1, cams).pow(2).mean().sqrt())
+    assert rms[0.0] > 20 and rms[0.2] < 2, rms
+
+
 def test_text_conditioning_selects_asset_and_view_bucket(library):
     prior = OraclePrior(library, "blue")
     cams = make_cameras([0.0, 0.0, 0.0], [0.0, 90.0, 180.0], 2.0, 49.1, RES)

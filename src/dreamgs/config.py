@@ -119,6 +119,9 @@ class PriorConfig:
     # oracle: albedo (unlit references) | lit (also Lambertian and textureless renders under random lights
     # near the camera: shaded NeRF renders are in-distribution; DreamFusion's shading ablation)
     oracle_shading: str = "albedo"
+    # oracle: each reference a Gaussian kernel of this std (pixels on the [-1, 1] scale) instead
+    # of a point; 0 = the exact empirical distribution (priors/oracle.py)
+    oracle_data_sigma: float = 0.0
     oracle_camera_sigma: float = 0.1  # oracle: camera-kernel width (radians) for image conditioning
     # oracle, image mode: what the conditional knows at views the input does not show. "asset": the
     # input asset's references at every view (the back is read off). "family": the input asset only
@@ -741,6 +744,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("camera.front_warmup must be within [0, 1] and camera.front_warmup_azimuth within (0, 180]")
     if cfg.stage1.lambda_opacity < 0 or cfg.stage1.lambda_scale < 0:
         raise ConfigError("stage1.lambda_opacity and stage1.lambda_scale must not be negative")
+    if cfg.prior.oracle_data_sigma < 0:
+        raise ConfigError(f"prior.oracle_data_sigma must be at least 0, got {cfg.prior.oracle_data_sigma}")
     if cfg.prior.oracle_unseen not in ("asset", "family"):
         raise ConfigError(f"prior.oracle_unseen: expected asset or family, got '{cfg.prior.oracle_unseen}'")
     if not 0.0 < cfg.prior.oracle_seen_angle < 180.0:

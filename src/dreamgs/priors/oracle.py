@@ -31,6 +31,17 @@ against the true asset. The unconditional stays the mixture over all assets and 
 when it exists, else the built-in assets, minus the target); a named ``prior.asset`` is the input
 asset there, without identification.
 
+With ``prior.oracle_data_sigma`` = sigma > 0 each reference is a Gaussian kernel N(x_i, sigma^2 I)
+instead of a point (a kernel density estimate of the renders). The denoiser stays exact for it:
+with v_t = a_t^2 sigma^2 + s_t^2 and k_t = a_t sigma^2 / v_t,
+
+    w_i = softmax_i(log pi_i - |x_t - a_t x_i|^2 / (2 v_t)),   m = sum_i w_i x_i
+    x0_hat(x_t) = (1 - a_t k_t) m + k_t x_t
+
+so the noise estimate near t = 0, ``s_t (x_t - a_t m) / v_t``, stays of the size of the input's
+distance to the references over sigma^2 instead of growing as 1 / s_t (what an exact model of a
+finite set does: ISM's inversion starts there). sigma = 0 is the empirical distribution above.
+
 Because the denoiser is exact, a run with this prior has a ground truth: the asset itself.
 """
 
@@ -133,8 +144,11 @@ class OraclePrior(Prior):
                  t_min: float = 0.02, t_max: float = 0.98, t_schedule: str = "anneal",
                  view_dependent: bool = True, ref_image: Tensor | None = None, ref_elevation: float = 0.0,
                  camera_sigma: float = 0.35, unseen: str = "asset", seen_angle: float = 90.0,
-                 seed: int = 0, device="cpu"):
+                 data_sigma: float = 0.0, seed: int = 0, device="cpu"):
         names = [a.name for a in library]
+        if data_sigma < 0:
+            raise ValueError(f"oracle prior: data_sigma must be >= 0, got {data_sigma}")
+        self.data_sigma = float(data_sigma)
         if asset not in names and ref_image is None:
             raise InputError(f"oracle prior: unknown asset '{asset}' (available: {', '.join(names)})")
         self.device = torch.device(device)
@@ -231,10 +245,16 @@ class OraclePrior(Prior):
     def denoise(self, x_t: Tensor, t: int, *log_ws: Tensor) -> list[Tensor]:
         """Posterior means x0_hat (B, 3, R, R) of x_t at integer timestep t, one per set of log
         prior weights (B, M); the distances to the references are computed once for all."""
-        s2 = 1.0 - self.alphas_cumprod[t]
+        abar = self.alphas_cumprod[t]
+        s2 = 1.0 - abar
         d2 = self.distances(x_t, t)
-        return [(self.mean + (torch.softmax(lw - d2 / (2 * s2), dim=-1).float() @ self.Xc).double()).reshape(x_t.shape)
-                for lw in log_ws]
+        if self.data_sigma == 0.0:
+            return [(self.mean + (torch.softmax(lw - d2 / (2 * s2), dim=-1).float() @ self.Xc).double()).reshape(x_t.shape)
+                    for lw in log_ws]
+        v = abar * self.data_sigma**2 + s2  # the variance of x_t around a_t x_i under one kernel
+        k = abar.sqrt() * self.data_sigma**2 / v
+        return [(1 - abar.sqrt() * k) * (self.mean + (torch.softmax(lw - d2 / (2 * v), dim=-1).float() @ self.Xc)
+                                         .double()).reshape(x_t.shape) + k * x_t.double() for lw in log_ws]
 
     def eps_cfg(self, x_t: Tensor, t: int, cams: Cameras) -> Tensor:
         abar = self.alphas_cumprod[t]
@@ -445,5 +465,6 @@ def build_oracle(cfg, device="cpu", ref_image: Tensor | None = None, cls: type |
     kw = dict(guidance_scale=p.guidance_scale if p.guidance_scale is not None else DEFAULT_GUIDANCE,
               t_min=p.t_min, t_max=p.t_max, t_schedule=p.t_schedule, view_dependent=p.view_dependent_prompt,
               ref_image=ref_image, ref_elevation=cfg.elevation, camera_sigma=p.oracle_camera_sigma,
-              unseen=p.oracle_unseen, seen_angle=p.oracle_seen_angle, seed=int(cfg.seed or 0), device=device)
+              unseen=p.oracle_unseen, seen_angle=p.oracle_seen_angle, data_sigma=p.oracle_data_sigma,
+              seed=int(cfg.seed or 0), device=device)
     return (cls or OraclePrior)(library, target, **{**kw, **overrides})

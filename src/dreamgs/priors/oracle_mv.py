@@ -52,7 +52,7 @@ import torch
 from torch import Tensor
 
 from ..cameras import Cameras
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from .oracle import AssetReferences, OraclePrior, camera_angle
 
 VIEWS = 4  # views per joint sample: azimuths a, a+90, a+180, a+270 at one elevation
@@ -96,6 +96,8 @@ class MultiViewOraclePrior(OraclePrior):
 
     def __init__(self, library: list[AssetReferences], asset: str, **kw):
         _refuse_family(kw.get("ref_image"), kw.get("unseen", "asset"))
+        if kw.get("data_sigma", 0.0):
+            raise ConfigError("prior.oracle_data_sigma: the joint 4-view oracle models exact references only (set it to 0)")
         super().__init__(library, asset, **kw)
         self.joint = joint_sample_indices(library).to(self.device)  # (N, 4)
         self.num_joint = len(self.joint)
