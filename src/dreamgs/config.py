@@ -76,7 +76,7 @@ class GaussianConfig:
     # the colour learning rate starts at cloud_color_lr_scale times lr_color and decays to lr_color (as by
     # lr_color_final): with the geometry in place, how fast Adam moves the colours away from grey sets the
     # pace (docs/quality.md, issue 19); the position learning rates are times cloud_position_lr_scale (0.1
-    # keeps the start's centres ~35 % closer to the surface, GaussianDreamer-like, at up to -0.5 dB on the
+    # keeps the start's centres ~40 % closer to the surface, GaussianDreamer-like, at up to -0.5 dB on the
     # mug: not the default). The ball, silhouette and depth starts keep the rates above.
     cloud_position_lr_scale: float = 1.0
     cloud_color_lr_scale: float = 5.0
