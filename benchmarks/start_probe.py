@@ -54,7 +54,8 @@ def main(argv=None) -> None:
     diag = float((hi - lo).norm())
     ov = []
     if args.start == "noisy":
-        cloud = noisy_cloud(args.asset, out.parent / f"cloud_{args.asset.replace(':', '')}_{args.seed}.npy", seed=args.seed)
+        name = f"cloud_{args.asset.replace(':', '')}_{args.seed}.npy"
+        cloud = noisy_cloud(args.asset, out.parent / name, seed=args.seed)
         ov = [f"gaussians.init=points:{cloud}", "gaussians.init_colors=grey"]
     elif args.start == "silhouette":
         ov = ["gaussians.init=silhouette"]
