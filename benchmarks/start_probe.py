@@ -1,8 +1,8 @@
 """Why does a near-correct start not speed stage 1 up? (issue 19) Stage 1 with the text/image oracle at
 CI size, instrumented every ``--every`` steps: the 8-view held-out masked PSNR (as gsgen_parts.py's
 curve), the mean centre-to-surface distance (% of the diagonal; all and opacity-weighted), the count,
-the mean opacity, the median largest scale, and the number of Gaussians that are still
-descendants of a starting one within 2 % of the diagonal of the surface. One JSON line per run.
+the mean opacity, the median largest scale, the fraction of centres within 2 % of the diagonal of
+the surface, the position learning rate and the last densification's counts. One JSON line per run.
 
     OMP_NUM_THREADS=1 python benchmarks/start_probe.py --asset mug --start noisy --out outputs/probe.jsonl \\
         gaussians.init_opacity=0.5
