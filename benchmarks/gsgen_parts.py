@@ -17,7 +17,10 @@ Variants (config overrides on top of ``--config``):
 - ``compact``: compactness densification instead of the gradient rule;
 - ``both_densify``: gradient then compactness densification (GSGen's legacy mode);
 - ``noisy_points``: start from 4096 points on the true surface with Gaussian noise (std 0.02)
-  and grey colours (a stand-in for a 3D prior's point cloud), grown as GaussianDreamer does;
+  and grey colours (a stand-in for a 3D prior's point cloud), grown as GaussianDreamer does, and
+  trained at the point starts' own rates (init.start_learning_rates);
+- ``noisy_points_ball_rates``: the same start trained at the ball's rates (as before issue 19's fix);
+- ``noisy_points_keep``: ``noisy_points`` with the position rates at 0.1 times the ball's;
 - ``silhouette`` (``--mode image``): the input's mask lifted into a slab of points;
 - ``gsgen``: GSGen's recipe at CI size (benchmarks/gsgen_ci_size.yaml: the geometry stage with the
   point prior, then gradient and compactness densification).
@@ -48,6 +51,10 @@ VARIANTS = {
     "compact": ["densify.mode=compactness"],
     "both_densify": ["densify.mode=both"],
     "noisy_points": ["gaussians.init=points:{cloud}", "gaussians.init_colors=grey"],
+    "noisy_points_ball_rates": ["gaussians.init=points:{cloud}", "gaussians.init_colors=grey",
+                                "gaussians.cloud_position_lr_scale=1", "gaussians.cloud_color_lr_scale=1"],
+    "noisy_points_keep": ["gaussians.init=points:{cloud}", "gaussians.init_colors=grey",
+                          "gaussians.cloud_position_lr_scale=0.1"],
     "gsgen": ["@gsgen"],
     "silhouette": ["gaussians.init=silhouette"],  # image mode only
 }

@@ -159,3 +159,55 @@ def test_bad_starts_get_one_line_errors(tmp_path):
     np.save(tmp_path / "d2.npy", np.full((32, 32), np.nan))
     with pytest.raises(InputError, match="mask is empty"):
         initial_gaussians(_cfg("image", f"gaussians.init=depth:{tmp_path / 'd2.npy'}"), _ref())
+
+
+def test_points_and_meshes_train_with_their_own_position_and_colour_rates(tmp_path):
+    """A surface start learns its colours faster (x cloud_color_lr_scale at first, decaying to
+    lr_color) and moves at cloud_position_lr_scale times the position rates; the ball, silhouette and
+    depth starts train as before."""
+    from test_stage1 import _RecordingPrior
+
+    from dreamgs.gaussians import param_lrs, update_learning_rate
+    from dreamgs.init import start_learning_rates
+    from dreamgs.stage1 import Stage1
+
+    np.save(tmp_path / "c.npy", np.random.default_rng(0).normal(size=(60, 3)))
+    run = ["prompt=x", "stage1.iters=4", "stage1.render_sizes=[8]", "stage1.size_milestones=[]",
+           "densify.enabled=false", "gaussians.num_points=40", "gaussians.init_grow_samples=0"]
+
+    def trained(*ov):
+        cfg = load_config("text", None, [*run, *ov])
+        s1 = Stage1(cfg, _RecordingPrior(), device="cpu")
+        opt = s1.trainer.optimizer
+        first = {grp["name"]: grp["lr"] for grp in opt.param_groups}
+        final = update_learning_rate(opt, 10**6, s1.trainer.gcfg, s1.trainer.spatial_scale)
+        colour = {grp["name"]: grp["lr"] for grp in opt.param_groups if grp["name"] in ("sh0", "shN")}
+        return cfg.gaussians, first, (final, colour)
+
+    g, ball, ball_final = trained()
+    assert start_learning_rates(g)[0] is g and start_learning_rates(g)[1] == g.spatial_lr_scale
+    assert ball == pytest.approx(param_lrs(g, g.spatial_lr_scale))
+    ball_final, ball_colour = ball_final
+    assert ball_final == pytest.approx(g.lr_position_final * g.spatial_lr_scale)
+    assert ball_colour == {"sh0": ball["sh0"], "shN": ball["shN"]}  # the ball's colour rate is constant
+    assert g.cloud_color_lr_scale > 1  # by default a surface start learns its colours faster
+    for start, ov in ((f"points:{tmp_path / 'c.npy'}", []), ("mesh:die", []),
+                      (f"points:{tmp_path / 'c.npy'}", ["gaussians.cloud_position_lr_scale=0.1"])):
+        g, lrs, final = trained(f"gaussians.init={start}", *ov)
+        p, c = g.cloud_position_lr_scale, g.cloud_color_lr_scale
+        assert lrs == pytest.approx({**ball, "means": ball["means"] * p, "sh0": ball["sh0"] * c,
+                                     "shN": ball["shN"] * c}), start
+        final, colour = final
+        assert final == pytest.approx(ball_final * p)
+        assert colour == pytest.approx(ball_colour)  # ... the colour rate decays back to lr_color
+    # the factors are config keys: at 1 a cloud trains at the ball's rates
+    _, lrs, _ = trained(f"gaussians.init=points:{tmp_path / 'c.npy'}", "gaussians.cloud_position_lr_scale=1",
+                        "gaussians.cloud_color_lr_scale=1")
+    assert lrs == pytest.approx(ball)
+    for ov in ("gaussians.init=silhouette", f"gaussians.init=depth:{tmp_path / 'd.npy'}"):
+        g = _cfg("image", ov).gaussians
+        assert start_learning_rates(g) == (g, g.spatial_lr_scale) and start_learning_rates(g)[0] is g
+    with pytest.raises(ConfigError, match="positive"):
+        _cfg("text", "gaussians.cloud_color_lr_scale=0")
+    with pytest.raises(ConfigError, match="lr_color_final"):
+        _cfg("text", "gaussians.lr_color_final=-1")

@@ -301,12 +301,19 @@ def make_optimizer(model: GaussianModel, cfg, spatial_scale: float = 1.0, fused:
 
 def update_learning_rate(optimizer: torch.optim.Optimizer, step: int, cfg, spatial_scale: float = 1.0
                          ) -> float:
-    """Apply the position schedule for ``step``; returns the position learning rate."""
+    """Apply the position schedule for ``step``; returns the position learning rate. With
+    ``cfg.lr_color_final`` > 0 the colour rate also decays log-linearly, from ``cfg.lr_color`` to it
+    over ``cfg.lr_position_steps`` (the higher-order SH coefficients at 1/20 of it, as at the start);
+    otherwise (DreamGaussian) the colour rate is left alone."""
     lr = log_linear(step, cfg.lr_position_init * spatial_scale, cfg.lr_position_final * spatial_scale,
                     cfg.lr_position_steps)
+    color_final = getattr(cfg, "lr_color_final", 0.0)
+    lr_color = log_linear(step, cfg.lr_color, color_final, cfg.lr_position_steps) if color_final > 0 else None
     for group in optimizer.param_groups:
         if group["name"] == "means":
             group["lr"] = lr
+        elif lr_color is not None and group["name"] in ("sh0", "shN"):
+            group["lr"] = lr_color if group["name"] == "sh0" else lr_color / 20.0
     return lr
 
 

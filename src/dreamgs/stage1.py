@@ -27,7 +27,7 @@ from .errors import ConfigError
 from .estimate import SIZE_EXPONENT
 from .fit import reference_loss
 from .gaussians import GaussianModel
-from .init import initial_gaussians
+from .init import initial_gaussians, start_learning_rates
 from .priors.base import Prior
 from .priors.distill import build_rule
 from .progress import Progress
@@ -163,7 +163,9 @@ class Stage1:
         if init is None:
             init = initial_gaussians(cfg, ref, seed)  # gaussians.init: ball | points | mesh | silhouette | depth
         self.model = init.to(self.device)
-        self.trainer = GaussianTrainer(self.model, g, cfg.densify, seed, spatial_scale=g.spatial_lr_scale,
+        # points/mesh starts: their own position and colour rates (init.start_learning_rates); the ball's are g's
+        g_train, spatial = start_learning_rates(g)
+        self.trainer = GaussianTrainer(self.model, g_train, cfg.densify, seed, spatial_scale=spatial,
                                        max_bad_steps=cfg.stage1.max_bad_steps)
         # GSGen's geometry stage (stage1.geometry_fraction > 0): the 3D point prior acts only in it and
         # densification waits for its end; without a split, one stage does both.
