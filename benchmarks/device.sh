@@ -5,7 +5,7 @@
 #
 # Steps: env, gsplat (JIT-compile gsplat's CUDA code), render, quality, models, prior, compile, mesh,
 # pipeline, resume, turntable, mvdream, mvdream-pipeline, distill-speed, dreamfusion, antialias, magic3d, magic3d-run;
-# bench-ci, bench-distill, bench-geometry, bench-dreamfusion, ablate-shading, bench-gsgen, gsgen-parts, bench-magic3d, bench-hard,
+# bench-ci, bench-distill, bench-geometry, bench-dreamfusion, ablate-shading, bench-gsgen, gsgen-parts, gsgen-starts, bench-magic3d, bench-hard,
 # bench-hard-mv, bench-full, preview-dev, preview-ablate, fidelity (docs/quality.md,
 # docs/fidelity.md: their reports are packed into $OUT/reports.tar.gz). Each step's output goes to $OUT/<step>.log (default OUT=/tmp/out).
 # The machine has torch but not our other dependencies: they travel as wheels in .whl/ (not
@@ -211,6 +211,21 @@ PY
                     --out /tmp/reports/gsgen-parts/gsgen-parts-${a/:/}-s$s.jsonl &
             done; done
             wait ;;
+        gsgen-starts)  # issue 19: the start bars on the test split at CI size, seed 0, one process per asset and
+            # kind: a noisy surface cloud (the starts' colour rate, and the ball's rates), the silhouette
+            # start in image mode, the point prior at t < 0.1 T with weight 1; the ball rows are gsgen-parts'
+            export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+            # (each kind in its own folder: gsgen_parts.py writes its noisy cloud beside its output)
+            for a in ${ASSETS:-gen:0 gen:1 gen:2 gen:3 gen:4 gen:5 gen:6 gen:7}; do
+                n=${a/:/}
+                python3 benchmarks/gsgen_parts.py --assets $a --device cuda --variants noisy_points \
+                    noisy_points_ball_rates --out /tmp/reports/gsgen-starts/cloud/$n.jsonl &
+                python3 benchmarks/gsgen_parts.py --assets $a --device cuda --mode image --variants ball silhouette \
+                    --out /tmp/reports/gsgen-starts/image/$n.jsonl &
+                python3 benchmarks/gsgen_parts.py --assets $a --device cuda --variants points_all_t01 \
+                    --out /tmp/reports/gsgen-starts/prior-w1/$n.jsonl points_prior.weight=1.0 &
+            done
+            wait ;;
         bench-gsgen)  # issue 19: GSGen's recipe through the whole bench (stage 2 on, its mesh scored), test split
             # at CI size, beside bench-ci's DreamGaussian rows (MODES)
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -239,7 +254,7 @@ PY
 
 pack_reports() {  # reports only: the run folders stay behind
     [ -d /tmp/reports ] || return 0
-    (cd /tmp/reports && find . -name 'bench.*' -o -name 'fidelity.*' -o -name 'gsgen-parts-*.jsonl' | tar czf "$OUT/.reports.tar.gz" -T - \
+    (cd /tmp/reports && find . -name 'bench.*' -o -name 'fidelity.*' -o -name '*.jsonl' | tar czf "$OUT/.reports.tar.gz" -T - \
         && mv "$OUT/.reports.tar.gz" "$OUT/reports.tar.gz")
 }
 
