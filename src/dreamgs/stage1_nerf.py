@@ -179,6 +179,9 @@ class NerfStage1:
             loss = loss + n.lambda_sparsity * sparsity_loss(out.alpha)
         if n.lambda_opaque > 0:
             loss = loss + n.lambda_opaque * opaque_loss(out.alpha)
+        if n.lambda_distortion > 0:
+            loss = loss + n.lambda_distortion * out.distortion
+            report["distortion"] = out.distortion
         if self.ref is not None and step % max(1, s1.ref_every) == 0:
             white3 = torch.ones(1, 3, device=self.device)
             r = self.model.render(self.ref.cams.resized(size).to(self.device), white3, samples=n.samples,
