@@ -10,7 +10,7 @@ import torch
 from dreamgs.cameras import make_cameras
 from dreamgs.errors import InputError
 from dreamgs.representations.nerf import (PRIMES, BackgroundMLP, NerfModel, NerfSpec, camera_rays, choose_shading,
-                                          distortion_loss, load_nerf, opaque_loss, ray_box, sample_lights, save_nerf, sparsity_loss,
+                                          distortion_loss, load_nerf, opaque_loss, spread_loss, ray_box, sample_lights, save_nerf, sparsity_loss,
                                           volume_weights)
 
 torch.set_num_threads(1)
@@ -257,12 +257,28 @@ def test_distortion_loss_prefers_one_thin_interval_and_can_tell_spread_weight_ap
     assert float(distortion_loss(w, edges)) == pytest.approx(float(distortion_brute_force(w, edges)), rel=1e-12)
 
 
+def test_spread_loss_is_the_distortion_of_the_normalised_weights_and_does_not_pull_opacity_down():
+    g = torch.Generator().manual_seed(5)
+    w = torch.rand(4, 20, generator=g, dtype=torch.float64) / 40
+    edges = torch.cumsum(torch.rand(4, 21, generator=g, dtype=torch.float64), -1)
+    acc = w.sum(-1)
+    assert torch.allclose(spread_loss(w, edges), acc * distortion_brute_force(w / acc[:, None], edges), rtol=1e-12)
+    # the plain distortion's gradient points towards less weight everywhere (w . grad > 0); the spread's is
+    # orthogonal to scaling all the weights of a ray
+    wa, wb = w.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    distortion_loss(wa, edges).sum().backward()
+    spread_loss(wb, edges).sum().backward()
+    assert bool(((wa.grad * w).sum(-1) > 1e-6).all())
+    assert torch.allclose((wb.grad * w).sum(-1), torch.zeros(4, dtype=torch.float64), atol=1e-12)
+
+
 def test_render_reports_the_distortion_of_its_rays_and_a_sharper_field_has_less():
     cams = make_cameras(0.0, 0.0, 2.5, 49.1, 8)
     soft = blob_field(scale=2.0, std=0.4).render(cams, samples=32)
     sharp = blob_field(scale=60.0, std=0.4).render(cams, samples=32)
     assert soft.distortion is not None and float(soft.distortion) > 0
     assert float(sharp.distortion) < float(soft.distortion)
+    assert float(sharp.spread) < float(soft.spread)
     m = random_field()
     out = m.render(cams, samples=16)
     out.distortion.backward()

@@ -323,6 +323,7 @@ class NerfConfig:
     lambda_sparsity: float = 0.0  # mean sqrt(alpha^2 + 0.01)
     lambda_opaque: float = 0.0  # binary entropy of alpha
     lambda_distortion: float = 0.0  # mip-NeRF 360's distortion loss of the per-ray weights (box side = 1)
+    distortion_normalise: bool = False  # of each ray's weights over its opacity (times the opacity, held fixed)
     mesh_threshold: float = 5.0  # density of the exported surface (marching cubes)
     bake_samples: int = 64  # samples per ray for the stage-2 bake
 

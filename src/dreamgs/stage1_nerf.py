@@ -180,8 +180,9 @@ class NerfStage1:
         if n.lambda_opaque > 0:
             loss = loss + n.lambda_opaque * opaque_loss(out.alpha)
         if n.lambda_distortion > 0:
-            loss = loss + n.lambda_distortion * out.distortion
-            report["distortion"] = out.distortion
+            dist = out.spread if n.distortion_normalise else out.distortion
+            loss = loss + n.lambda_distortion * dist
+            report["distortion"] = dist
         if self.ref is not None and step % max(1, s1.ref_every) == 0:
             white3 = torch.ones(1, 3, device=self.device)
             r = self.model.render(self.ref.cams.resized(size).to(self.device), white3, samples=n.samples,

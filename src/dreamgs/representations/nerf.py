@@ -78,6 +78,7 @@ class NerfRender:
     facing_away: Tensor  # () fraction of the normal weight on normals with n . d > 0
     albedo: Tensor | None = None  # (C, H, W, 3) premultiplied albedo (no background)
     distortion: Tensor | None = None  # () distortion loss of the rays' weights (distortion_loss), averaged over rays
+    spread: Tensor | None = None  # () the same of each ray's weights divided by its opacity, times the (fixed) opacity
 
     def images(self) -> Tensor:
         return self.rgb.permute(0, 3, 1, 2)
@@ -335,6 +336,8 @@ class NerfModel:
         # the distortion loss over the sample bins, in units of the box side (the same scale on every ray)
         edges = (t0[:, None] + torch.arange(samples + 1, device=dev)[None] * step[:, None]) / (2 * self.spec.bound)
         dist = distortion_loss(w, edges).sum() / max(1, len(ray_ids))
+        # its opacity-free form: the weights' distribution along the ray only (no pull towards empty rays)
+        spread = spread_loss(w, edges).sum() / max(1, len(ray_ids))
 
         def scatter(v: Tensor, k: int) -> Tensor:
             full = torch.zeros(n_rays, k, device=dev, dtype=v.dtype)
@@ -359,7 +362,7 @@ class NerfModel:
 
         def img(v: Tensor) -> Tensor:
             return v.reshape(C, H, W, -1)
-        return NerfRender(img(rgb), img(alpha), img(depth), img(nrm), orient, away, img(alb), dist)
+        return NerfRender(img(rgb), img(alpha), img(depth), img(nrm), orient, away, img(alb), dist, spread)
 
     def render_rgba(self, cams: Cameras, samples: int = 128, occupancy_threshold: float = 0.01
                     ) -> tuple[Tensor, Tensor]:
@@ -432,6 +435,15 @@ def distortion_loss(w: Tensor, edges: Tensor) -> Tensor:
     between = 2.0 * (w * (s * w_before - ws_before)).sum(-1)
     within = (w**2 * delta).sum(-1) / 3.0
     return between + within
+
+
+def spread_loss(w: Tensor, edges: Tensor) -> Tensor:
+    """The distortion loss of each ray's weight distribution w / opacity, times its opacity held fixed
+    (per ray, (...)): only where along the ray the weight sits counts, so unlike
+    :func:`distortion_loss` (quadratic in the weights) it does not pull rays towards empty; its
+    gradient along w itself is zero. Rays with less than 1e-6 opacity count as empty."""
+    acc = w.sum(-1, keepdim=True)
+    return acc.detach()[..., 0] * distortion_loss(w / acc.clamp_min(1e-6), edges)
 
 
 def sparsity_loss(alpha: Tensor) -> Tensor:
