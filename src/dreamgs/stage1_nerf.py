@@ -181,7 +181,8 @@ class NerfStage1:
             loss = loss + n.lambda_opaque * opaque_loss(out.alpha)
         if n.lambda_distortion > 0:
             dist = out.spread if n.distortion_normalise else out.distortion
-            loss = loss + n.lambda_distortion * dist
+            ramp_d = min(1.0, progress / n.distortion_warmup) if n.distortion_warmup > 0 else 1.0
+            loss = loss + n.lambda_distortion * ramp_d * dist
             report["distortion"] = dist
         if self.ref is not None and step % max(1, s1.ref_every) == 0:
             white3 = torch.ones(1, 3, device=self.device)
