@@ -5,7 +5,9 @@ a shading mode (:func:`~dreamgs.representations.nerf.choose_shading`: albedo onl
 ``nerf.ambient_only_fraction`` of training, then albedo / textureless / Lambertian with
 DreamFusion's probabilities) and point lights near the cameras, renders the field over a random
 white-or-black background (or the background MLP), and adds to the prior's SDS loss the
-orientation loss (its weight ramped up linearly), the sparsity and the opaque-background losses.
+orientation loss (its weight ramped up linearly), the sparsity and the opaque-background losses
+and the distortion loss of the rays' weights (``nerf.lambda_distortion``, optionally normalised per
+ray and ramped up).
 In image mode the input view is also rendered (albedo, white background) and compared with the
 input as in stage 1. The occupancy grid is refreshed every ``nerf.occ_every`` steps.
 
