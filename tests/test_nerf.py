@@ -10,8 +10,8 @@ import torch
 from dreamgs.cameras import make_cameras
 from dreamgs.errors import InputError
 from dreamgs.representations.nerf import (PRIMES, BackgroundMLP, NerfModel, NerfSpec, camera_rays, choose_shading,
-                                          distortion_loss, load_nerf, opaque_loss, spread_loss, ray_box, sample_lights, save_nerf, sparsity_loss,
-                                          volume_weights)
+                                          distortion_loss, load_nerf, opaque_loss, ray_box, sample_lights, save_nerf,
+                                          sparsity_loss, spread_loss, volume_weights)
 
 torch.set_num_threads(1)
 SMALL = dict(levels=3, base_resolution=4, max_resolution=12, features=2, log2_table=10, hidden=8, occ_resolution=8)
@@ -248,7 +248,8 @@ def test_distortion_loss_prefers_one_thin_interval_and_can_tell_spread_weight_ap
     # continuous value: the mean distance of two uniform draws)
     assert float(distortion_loss(spread, edges)) == pytest.approx(1 / 3, rel=1e-12)
     # one thin interval < uniform spread < two far-apart halves (a thin wall seen twice)
-    assert float(distortion_loss(one, edges)) < float(distortion_loss(spread, edges)) < float(distortion_loss(two, edges))
+    d_one, d_spread, d_two = (float(distortion_loss(v, edges)) for v in (one, spread, two))
+    assert d_one < d_spread < d_two
     # the brute-force comparison can fail: the pair sum over unordered pairs (no factor 2) is another value
     s = 0.5 * (edges[..., 1:] + edges[..., :-1])
     w = torch.rand(1, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64) / 10
