@@ -10,8 +10,8 @@ import torch
 from dreamgs.cameras import make_cameras
 from dreamgs.errors import InputError
 from dreamgs.representations.nerf import (PRIMES, BackgroundMLP, NerfModel, NerfSpec, camera_rays, choose_shading,
-                                          load_nerf, opaque_loss, ray_box, sample_lights, save_nerf, sparsity_loss,
-                                          volume_weights)
+                                          distortion_loss, load_nerf, opaque_loss, ray_box, sample_lights, save_nerf,
+                                          sparsity_loss, spread_loss, volume_weights)
 
 torch.set_num_threads(1)
 SMALL = dict(levels=3, base_resolution=4, max_resolution=12, features=2, log2_table=10, hidden=8, occ_resolution=8)
@@ -208,6 +208,82 @@ def test_losses_values():
     assert c.shape == (10, 3) and bool(((c > 0) & (c < 1)).all())
     c.sum().backward()
     assert bg.params["bg.w0"].grad is not None
+
+
+def distortion_brute_force(w, edges):
+    """The O(N^2) double sum of mip-NeRF 360's distortion loss over every pair of intervals."""
+    s = 0.5 * (edges[..., 1:] + edges[..., :-1])
+    delta = edges[..., 1:] - edges[..., :-1]
+    pairs = (w[..., :, None] * w[..., None, :] * (s[..., :, None] - s[..., None, :]).abs()).sum((-1, -2))
+    return pairs + (w**2 * delta).sum(-1) / 3
+
+
+def test_distortion_loss_equals_the_brute_force_double_sum_in_float64():
+    g = torch.Generator().manual_seed(3)
+    w = torch.rand(7, 33, generator=g, dtype=torch.float64)
+    w = w / w.sum(-1, keepdim=True) * torch.rand(7, 1, generator=g, dtype=torch.float64)  # opacity below 1
+    edges = torch.cumsum(torch.rand(7, 34, generator=g, dtype=torch.float64), -1)  # uneven intervals
+    fast = distortion_loss(w, edges)
+    assert fast.shape == (7,)
+    assert torch.allclose(fast, distortion_brute_force(w, edges), rtol=1e-12, atol=1e-14)
+    # the gradients agree too
+    wa, wb = w.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    distortion_loss(wa, edges).sum().backward()
+    distortion_brute_force(wb, edges).sum().backward()
+    assert torch.allclose(wa.grad, wb.grad, rtol=1e-12, atol=1e-14)
+
+
+def test_distortion_loss_prefers_one_thin_interval_and_can_tell_spread_weight_apart():
+    edges = torch.linspace(0.0, 1.0, 11, dtype=torch.float64)[None]
+    one = torch.zeros(1, 10, dtype=torch.float64)
+    one[0, 4] = 1.0
+    spread = torch.full((1, 10), 0.1, dtype=torch.float64)
+    two = torch.zeros(1, 10, dtype=torch.float64)
+    two[0, 1] = two[0, 8] = 0.5
+    # a single interval of width 0.1: only its own spread, 0.1 / 3
+    assert float(distortion_loss(one, edges)) == pytest.approx(0.1 / 3, rel=1e-12)
+    # two halves 0.7 apart: 2 * 0.25 * 0.7 + 2 * 0.25 * 0.1 / 3
+    assert float(distortion_loss(two, edges)) == pytest.approx(0.35 + 0.05 / 3, rel=1e-12)
+    # uniform weight over [0, 1]: sum_ij 0.01 |i - j| / 10 = 0.33, plus 10 * 0.01 * 0.1 / 3: 1/3 (the
+    # continuous value: the mean distance of two uniform draws)
+    assert float(distortion_loss(spread, edges)) == pytest.approx(1 / 3, rel=1e-12)
+    # one thin interval < uniform spread < two far-apart halves (a thin wall seen twice)
+    d_one, d_spread, d_two = (float(distortion_loss(v, edges)) for v in (one, spread, two))
+    assert d_one < d_spread < d_two
+    # the brute-force comparison can fail: the pair sum over unordered pairs (no factor 2) is another value
+    s = 0.5 * (edges[..., 1:] + edges[..., :-1])
+    w = torch.rand(1, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64) / 10
+    halved = (w * (s * (w.cumsum(-1) - w) - ((w * s).cumsum(-1) - w * s))).sum(-1) + (w**2 * 0.1).sum(-1) / 3
+    assert float(halved) != pytest.approx(float(distortion_brute_force(w, edges)), rel=1e-3)
+    assert float(distortion_loss(w, edges)) == pytest.approx(float(distortion_brute_force(w, edges)), rel=1e-12)
+
+
+def test_spread_loss_is_the_distortion_of_the_normalised_weights_and_does_not_pull_opacity_down():
+    g = torch.Generator().manual_seed(5)
+    w = torch.rand(4, 20, generator=g, dtype=torch.float64) / 40
+    edges = torch.cumsum(torch.rand(4, 21, generator=g, dtype=torch.float64), -1)
+    acc = w.sum(-1)
+    assert torch.allclose(spread_loss(w, edges), acc * distortion_brute_force(w / acc[:, None], edges), rtol=1e-12)
+    # the plain distortion's gradient points towards less weight everywhere (w . grad > 0); the spread's is
+    # orthogonal to scaling all the weights of a ray
+    wa, wb = w.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    distortion_loss(wa, edges).sum().backward()
+    spread_loss(wb, edges).sum().backward()
+    assert bool(((wa.grad * w).sum(-1) > 1e-6).all())
+    assert torch.allclose((wb.grad * w).sum(-1), torch.zeros(4, dtype=torch.float64), atol=1e-12)
+
+
+def test_render_reports_the_distortion_of_its_rays_and_a_sharper_field_has_less():
+    cams = make_cameras(0.0, 0.0, 2.5, 49.1, 8)
+    soft = blob_field(scale=2.0, std=0.4).render(cams, samples=32)
+    sharp = blob_field(scale=60.0, std=0.4).render(cams, samples=32)
+    assert soft.distortion is not None and float(soft.distortion) > 0
+    assert float(sharp.distortion) < float(soft.distortion)
+    assert float(sharp.spread) < float(soft.spread)
+    m = random_field()
+    out = m.render(cams, samples=16)
+    out.distortion.backward()
+    assert m.params["grid.0"].grad is not None and float(m.params["grid.0"].grad.abs().sum()) > 0
 
 
 def test_background_mlp_fills_empty_rays():

@@ -97,3 +97,21 @@ def test_method_is_checked_and_the_preset_fills_unset_keys():
 def test_cli_method_flag_is_the_method_override():
     args = build_parser().parse_args(["text", "a mug", "--method", "dreamfusion", "--prior", "oracle:mug"])
     assert "method=dreamfusion" in _generation_overrides(args)
+
+
+@pytest.mark.parametrize("normalise", [False, True])
+def test_distortion_weight_enters_the_stage1_loss_and_is_reported(normalise):
+    from dreamgs.priors import load_prior
+
+    def first_steps(extra):
+        cfg = load_config("text", None, TINY + ["prompt=a mug", "seed=3"] + extra)
+        stage = NerfStage1(cfg, load_prior(cfg, "cpu"), device="cpu")
+        for _ in range(3):
+            stage.step()
+        return stage.last
+
+    off = first_steps([])
+    on = first_steps(["nerf.lambda_distortion=1000", f"nerf.distortion_normalise={str(normalise).lower()}",
+                      "nerf.distortion_warmup=0.5"])
+    assert "distortion" not in off and on["distortion"] > 0
+    assert on["loss"] != off["loss"]  # the same draws, a different loss

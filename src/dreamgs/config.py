@@ -334,6 +334,9 @@ class NerfConfig:
     orient_warmup: float = 0.5  # fraction of stage1.iters over which the orientation weight ramps up
     lambda_sparsity: float = 0.0  # mean sqrt(alpha^2 + 0.01)
     lambda_opaque: float = 0.0  # binary entropy of alpha
+    lambda_distortion: float = 0.0  # mip-NeRF 360's distortion loss of the per-ray weights (box side = 1)
+    distortion_normalise: bool = False  # of each ray's weights over its opacity (times the opacity, held fixed)
+    distortion_warmup: float = 0.0  # fraction of stage1.iters over which its weight ramps up linearly (0: none)
     mesh_threshold: float = 5.0  # density of the exported surface (marching cubes)
     bake_samples: int = 64  # samples per ray for the stage-2 bake
 

@@ -5,7 +5,9 @@ a shading mode (:func:`~dreamgs.representations.nerf.choose_shading`: albedo onl
 ``nerf.ambient_only_fraction`` of training, then albedo / textureless / Lambertian with
 DreamFusion's probabilities) and point lights near the cameras, renders the field over a random
 white-or-black background (or the background MLP), and adds to the prior's SDS loss the
-orientation loss (its weight ramped up linearly), the sparsity and the opaque-background losses.
+orientation loss (its weight ramped up linearly), the sparsity and the opaque-background losses
+and the distortion loss of the rays' weights (``nerf.lambda_distortion``, optionally normalised per
+ray and ramped up).
 In image mode the input view is also rendered (albedo, white background) and compared with the
 input as in stage 1. The occupancy grid is refreshed every ``nerf.occ_every`` steps.
 
@@ -179,6 +181,11 @@ class NerfStage1:
             loss = loss + n.lambda_sparsity * sparsity_loss(out.alpha)
         if n.lambda_opaque > 0:
             loss = loss + n.lambda_opaque * opaque_loss(out.alpha)
+        if n.lambda_distortion > 0:
+            dist = out.spread if n.distortion_normalise else out.distortion
+            ramp_d = min(1.0, progress / n.distortion_warmup) if n.distortion_warmup > 0 else 1.0
+            loss = loss + n.lambda_distortion * ramp_d * dist
+            report["distortion"] = dist
         if self.ref is not None and step % max(1, s1.ref_every) == 0:
             white3 = torch.ones(1, 3, device=self.device)
             r = self.model.render(self.ref.cams.resized(size).to(self.device), white3, samples=n.samples,

@@ -77,6 +77,8 @@ class NerfRender:
     orient: Tensor  # () orientation loss: sum_i w_i max(0, n_i . d)^2, averaged over rays
     facing_away: Tensor  # () fraction of the normal weight on normals with n . d > 0
     albedo: Tensor | None = None  # (C, H, W, 3) premultiplied albedo (no background)
+    distortion: Tensor | None = None  # () distortion loss of the rays' weights (distortion_loss), averaged over rays
+    spread: Tensor | None = None  # () the same of each ray's weights divided by its opacity, times the (fixed) opacity
 
     def images(self) -> Tensor:
         return self.rgb.permute(0, 3, 1, 2)
@@ -331,6 +333,11 @@ class NerfModel:
             shade = ambient + diffuse * lam
             colour = shade.expand(-1, -1, 3) if shading == "textureless" else albedo * shade
         acc = w.sum(-1, keepdim=True)
+        # the distortion loss over the sample bins, in units of the box side (the same scale on every ray)
+        edges = (t0[:, None] + torch.arange(samples + 1, device=dev)[None] * step[:, None]) / (2 * self.spec.bound)
+        dist = distortion_loss(w, edges).sum() / max(1, len(ray_ids))
+        # its opacity-free form: the weights' distribution along the ray only (no pull towards empty rays)
+        spread = spread_loss(w, edges).sum() / max(1, len(ray_ids))
 
         def scatter(v: Tensor, k: int) -> Tensor:
             full = torch.zeros(n_rays, k, device=dev, dtype=v.dtype)
@@ -355,7 +362,7 @@ class NerfModel:
 
         def img(v: Tensor) -> Tensor:
             return v.reshape(C, H, W, -1)
-        return NerfRender(img(rgb), img(alpha), img(depth), img(nrm), orient, away, img(alb))
+        return NerfRender(img(rgb), img(alpha), img(depth), img(nrm), orient, away, img(alb), dist, spread)
 
     def render_rgba(self, cams: Cameras, samples: int = 128, occupancy_threshold: float = 0.01
                     ) -> tuple[Tensor, Tensor]:
@@ -410,6 +417,33 @@ def volume_weights(sigma: Tensor, delta: Tensor) -> Tensor:
 
 # ------------------------------------------------------------------------------------------------
 # Losses (DreamFusion / threestudio)
+
+
+def distortion_loss(w: Tensor, edges: Tensor) -> Tensor:
+    """mip-NeRF 360's distortion loss of each ray's weights (..., N) over sorted intervals with
+    ``edges`` (..., N + 1): the weighted mean distance between two draws from the ray's weight
+    distribution, sum_ij w_i w_j |s_i - s_j| (s the interval midpoints), plus each interval's own
+    spread (1/3) sum_i w_i^2 delta_i. Small when the weight sits in one short stretch of the ray.
+
+    O(N) with prefix sums: over ordered pairs, sum_ij w_i w_j |s_i - s_j| = 2 sum_i w_i (s_i W_i - S_i),
+    W_i = sum_{j<i} w_j and S_i = sum_{j<i} w_j s_j (s ascending). Returns one value per ray (...)."""
+    s = 0.5 * (edges[..., 1:] + edges[..., :-1])
+    delta = edges[..., 1:] - edges[..., :-1]
+    ws = w * s
+    w_before = torch.cumsum(w, -1) - w
+    ws_before = torch.cumsum(ws, -1) - ws
+    between = 2.0 * (w * (s * w_before - ws_before)).sum(-1)
+    within = (w**2 * delta).sum(-1) / 3.0
+    return between + within
+
+
+def spread_loss(w: Tensor, edges: Tensor) -> Tensor:
+    """The distortion loss of each ray's weight distribution w / opacity, times its opacity held fixed
+    (per ray, (...)): only where along the ray the weight sits counts, so unlike
+    :func:`distortion_loss` (quadratic in the weights) it does not pull rays towards empty; its
+    gradient along w itself is zero. Rays with less than 1e-6 opacity count as empty."""
+    acc = w.sum(-1, keepdim=True)
+    return acc.detach()[..., 0] * distortion_loss(w / acc.clamp_min(1e-6), edges)
 
 
 def sparsity_loss(alpha: Tensor) -> Tensor:
