@@ -219,7 +219,7 @@ PY
             for a in ${ASSETS:-gen:0 gen:1 gen:2 gen:3 gen:4 gen:5 gen:6 gen:7}; do
                 n=${a/:/}
                 python3 benchmarks/gsgen_parts.py --assets $a --device cuda --variants noisy_points \
-                    noisy_points_ball_rates --out /tmp/reports/gsgen-starts/cloud/$n.jsonl &
+                    noisy_points_colour5 --out /tmp/reports/gsgen-starts/cloud/$n.jsonl &
                 python3 benchmarks/gsgen_parts.py --assets $a --device cuda --mode image --variants ball silhouette \
                     --out /tmp/reports/gsgen-starts/image/$n.jsonl &
                 python3 benchmarks/gsgen_parts.py --assets $a --device cuda --variants points_all_t01 \

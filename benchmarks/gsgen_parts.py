@@ -53,6 +53,8 @@ VARIANTS = {
     "noisy_points": ["gaussians.init=points:{cloud}", "gaussians.init_colors=grey"],
     "noisy_points_ball_rates": ["gaussians.init=points:{cloud}", "gaussians.init_colors=grey",
                                 "gaussians.cloud_position_lr_scale=1", "gaussians.cloud_color_lr_scale=1"],
+    "noisy_points_colour5": ["gaussians.init=points:{cloud}", "gaussians.init_colors=grey",
+                             "gaussians.cloud_color_lr_scale=5"],
     "noisy_points_keep": ["gaussians.init=points:{cloud}", "gaussians.init_colors=grey",
                           "gaussians.cloud_position_lr_scale=0.1"],
     "gsgen": ["@gsgen"],

@@ -190,8 +190,8 @@ def test_points_and_meshes_train_with_their_own_position_and_colour_rates(tmp_pa
     ball_final, ball_colour = ball_final
     assert ball_final == pytest.approx(g.lr_position_final * g.spatial_lr_scale)
     assert ball_colour == {"sh0": ball["sh0"], "shN": ball["shN"]}  # the ball's colour rate is constant
-    assert g.cloud_color_lr_scale > 1  # by default a surface start learns its colours faster
-    for start, ov in ((f"points:{tmp_path / 'c.npy'}", []), ("mesh:die", []),
+    faster = ["gaussians.cloud_color_lr_scale=5"]
+    for start, ov in ((f"points:{tmp_path / 'c.npy'}", faster), ("mesh:die", faster),
                       (f"points:{tmp_path / 'c.npy'}", ["gaussians.cloud_position_lr_scale=0.1"])):
         g, lrs, final = trained(f"gaussians.init={start}", *ov)
         p, c = g.cloud_position_lr_scale, g.cloud_color_lr_scale
@@ -200,10 +200,10 @@ def test_points_and_meshes_train_with_their_own_position_and_colour_rates(tmp_pa
         final, colour = final
         assert final == pytest.approx(ball_final * p)
         assert colour == pytest.approx(ball_colour)  # ... the colour rate decays back to lr_color
-    # the factors are config keys: at 1 a cloud trains at the ball's rates
-    _, lrs, _ = trained(f"gaussians.init=points:{tmp_path / 'c.npy'}", "gaussians.cloud_position_lr_scale=1",
-                        "gaussians.cloud_color_lr_scale=1")
-    assert lrs == pytest.approx(ball)
+    # by default (both factors 1) a cloud trains at the ball's rates, with the very same config
+    g, lrs, (final, colour) = trained(f"gaussians.init=points:{tmp_path / 'c.npy'}")
+    assert (g.cloud_position_lr_scale, g.cloud_color_lr_scale) == (1.0, 1.0) and start_learning_rates(g)[0] is g
+    assert lrs == ball and final == ball_final and colour == ball_colour
     for ov in ("gaussians.init=silhouette", f"gaussians.init=depth:{tmp_path / 'd.npy'}"):
         g = _cfg("image", ov).gaussians
         assert start_learning_rates(g) == (g, g.spatial_lr_scale) and start_learning_rates(g)[0] is g

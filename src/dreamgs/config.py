@@ -74,12 +74,12 @@ class GaussianConfig:
     init_color_jitter: float = 0.2  # ... coloured as that point plus U[0, jitter) per channel (GaussianDreamer: 0.2)
     # points/mesh starts only (the Gaussians already lie on the surface; dreamgs/init.py, start_learning_rates):
     # the colour learning rate starts at cloud_color_lr_scale times lr_color and decays to lr_color (as by
-    # lr_color_final): with the geometry in place, how fast Adam moves the colours away from grey sets the
-    # pace (docs/quality.md, issue 19); the position learning rates are times cloud_position_lr_scale (0.1
-    # keeps the start's centres ~40 % closer to the surface, GaussianDreamer-like, at up to -0.5 dB on the
-    # mug: not the default). The ball, silhouette and depth starts keep the rates above.
+    # lr_color_final): 5 reaches the plateau sooner but ends 0.32 dB lower on the test split (docs/quality.md,
+    # issue 19), so 1 (off); the position learning rates are times cloud_position_lr_scale (0.1 keeps the
+    # start's centres ~40 % closer to the surface, GaussianDreamer-like, at up to -0.5 dB on the dev mug).
+    # The ball, silhouette and depth starts keep the rates above.
     cloud_position_lr_scale: float = 1.0
-    cloud_color_lr_scale: float = 5.0
+    cloud_color_lr_scale: float = 1.0
 
 
 @dataclass
