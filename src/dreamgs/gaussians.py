@@ -307,8 +307,8 @@ def update_learning_rate(optimizer: torch.optim.Optimizer, step: int, cfg, spati
     otherwise (DreamGaussian) the colour rate is left alone."""
     lr = log_linear(step, cfg.lr_position_init * spatial_scale, cfg.lr_position_final * spatial_scale,
                     cfg.lr_position_steps)
-    color_final = getattr(cfg, "lr_color_final", 0.0)
-    lr_color = log_linear(step, cfg.lr_color, color_final, cfg.lr_position_steps) if color_final > 0 else None
+    final = cfg.lr_color_final
+    lr_color = log_linear(step, cfg.lr_color, final, cfg.lr_position_steps) if final > 0 else None
     for group in optimizer.param_groups:
         if group["name"] == "means":
             group["lr"] = lr
