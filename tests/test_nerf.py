@@ -275,13 +275,15 @@ def test_spread_loss_is_the_distortion_of_the_normalised_weights_and_does_not_pu
 
 def test_render_reports_the_distortion_of_its_rays_and_a_sharper_field_has_less():
     cams = make_cameras(0.0, 0.0, 2.5, 49.1, 8)
-    soft = blob_field(scale=2.0, std=0.4).render(cams, samples=32)
-    sharp = blob_field(scale=60.0, std=0.4).render(cams, samples=32)
+    soft_field, sharp_field = blob_field(scale=2.0, std=0.4), blob_field(scale=60.0, std=0.4)
+    assert soft_field.render(cams, samples=32).distortion is None  # not asked for: not computed
+    soft, sharp = (f.render(cams, samples=32, distortion="plain") for f in (soft_field, sharp_field))
     assert soft.distortion is not None and float(soft.distortion) > 0
     assert float(sharp.distortion) < float(soft.distortion)
-    assert float(sharp.spread) < float(soft.spread)
+    soft_n, sharp_n = (f.render(cams, samples=32, distortion="normalised") for f in (soft_field, sharp_field))
+    assert float(sharp_n.distortion) < float(soft_n.distortion)
     m = random_field()
-    out = m.render(cams, samples=16)
+    out = m.render(cams, samples=16, distortion="plain")
     out.distortion.backward()
     assert m.params["grid.0"].grad is not None and float(m.params["grid.0"].grad.abs().sum()) > 0
 

@@ -171,7 +171,9 @@ class NerfStage1:
         bg_fn = self.trainer.background
         out = self.model.render(cams, bg, shading=shading, light=lights, samples=n.samples, generator=gen,
                                 occupancy_threshold=n.occ_threshold, ambient=n.ambient, diffuse=n.diffuse,
-                                normals=shading != "albedo", bg_fn=bg_fn)
+                                normals=shading != "albedo", bg_fn=bg_fn,
+                                distortion=None if n.lambda_distortion == 0 else
+                                "normalised" if n.distortion_normalise else "plain")
         images = out.images()
         loss_sds = self.distill(images.clamp(0.0, 1.0) if s1.clamp_render else images, cams, progress)
         ramp = min(1.0, progress / n.orient_warmup) if n.orient_warmup > 0 else 1.0
@@ -182,7 +184,7 @@ class NerfStage1:
         if n.lambda_opaque > 0:
             loss = loss + n.lambda_opaque * opaque_loss(out.alpha)
         if n.lambda_distortion > 0:
-            dist = out.spread if n.distortion_normalise else out.distortion
+            dist = out.distortion
             ramp_d = min(1.0, progress / n.distortion_warmup) if n.distortion_warmup > 0 else 1.0
             loss = loss + n.lambda_distortion * ramp_d * dist
             report["distortion"] = dist

@@ -77,8 +77,7 @@ class NerfRender:
     orient: Tensor  # () orientation loss: sum_i w_i max(0, n_i . d)^2, averaged over rays
     facing_away: Tensor  # () fraction of the normal weight on normals with n . d > 0
     albedo: Tensor | None = None  # (C, H, W, 3) premultiplied albedo (no background)
-    distortion: Tensor | None = None  # () distortion loss of the rays' weights (distortion_loss), averaged over rays
-    spread: Tensor | None = None  # () the same of each ray's weights divided by its opacity, times the (fixed) opacity
+    distortion: Tensor | None = None  # () the rays' distortion loss, averaged over rays (render's ``distortion``)
 
     def images(self) -> Tensor:
         return self.rgb.permute(0, 3, 1, 2)
@@ -263,13 +262,14 @@ class NerfModel:
                light: Tensor | None = None, samples: int = 64, generator: torch.Generator | None = None,
                occupancy_threshold: float = 0.0, ambient: float = 0.1, diffuse: float = 0.9,
                normals: bool | None = None, prune_transmittance: float = 1e-3, chunk: int = 1 << 18,
-               bg_fn=None) -> NerfRender:
+               bg_fn=None, distortion: str | None = None) -> NerfRender:
         """Volume-render ``cams``. ``background``: (C, 3) or (3,) colour (default black) unless
         ``bg_fn`` (ray directions (N, 3) -> colours (N, 3)) is given; ``light``: (C, 3) point-light
         positions for the shaded modes; ``generator`` jitters the stratified samples (None: bin
         centres); ``occupancy_threshold`` > 0 skips samples in empty occupancy cells; with gradients on,
         ``prune_weight`` > 0 first finds every sample's weight without gradients and differentiates
-        only those above it."""
+        only those above it. ``distortion``: "plain" (:func:`distortion_loss`) or "normalised"
+        (:func:`spread_loss`) of the rays' weights is returned in ``distortion``; None skips it."""
         if shading not in SHADINGS:
             raise ValueError(f"shading: expected one of {SHADINGS}, got '{shading}'")
         C, H, W = len(cams), cams.height, cams.width
@@ -333,11 +333,13 @@ class NerfModel:
             shade = ambient + diffuse * lam
             colour = shade.expand(-1, -1, 3) if shading == "textureless" else albedo * shade
         acc = w.sum(-1, keepdim=True)
-        # the distortion loss over the sample bins, in units of the box side (the same scale on every ray)
-        edges = (t0[:, None] + torch.arange(samples + 1, device=dev)[None] * step[:, None]) / (2 * self.spec.bound)
-        dist = distortion_loss(w, edges).sum() / max(1, len(ray_ids))
-        # its opacity-free form: the weights' distribution along the ray only (no pull towards empty rays)
-        spread = spread_loss(w, edges).sum() / max(1, len(ray_ids))
+        dist = None
+        if distortion is not None:
+            # over the sample bins, in units of the box side (the same scale on every ray); "normalised" is
+            # its opacity-free form: the weights' distribution along the ray only (no pull towards empty rays)
+            edges = (t0[:, None] + torch.arange(samples + 1, device=dev)[None] * step[:, None]) / (2 * self.spec.bound)
+            loss_fn = {"plain": distortion_loss, "normalised": spread_loss}[distortion]
+            dist = loss_fn(w, edges).sum() / max(1, len(ray_ids))
 
         def scatter(v: Tensor, k: int) -> Tensor:
             full = torch.zeros(n_rays, k, device=dev, dtype=v.dtype)
@@ -362,7 +364,7 @@ class NerfModel:
 
         def img(v: Tensor) -> Tensor:
             return v.reshape(C, H, W, -1)
-        return NerfRender(img(rgb), img(alpha), img(depth), img(nrm), orient, away, img(alb), dist, spread)
+        return NerfRender(img(rgb), img(alpha), img(depth), img(nrm), orient, away, img(alb), dist)
 
     def render_rgba(self, cams: Cameras, samples: int = 128, occupancy_threshold: float = 0.01
                     ) -> tuple[Tensor, Tensor]:
