@@ -274,6 +274,9 @@ def log_linear(step: int, lr_init: float, lr_final: float, max_steps: int) -> fl
     return math.exp(math.log(lr_init) * (1 - t) + math.log(lr_final) * t)
 
 
+SHN_LR_DIVISOR = 20.0  # the higher-order SH coefficients learn at lr_color / 20 (3DGS, DreamGaussian)
+
+
 def param_lrs(cfg, spatial_scale: float = 1.0) -> dict[str, float]:
     """Initial learning rate of each Gaussian parameter from a GaussianConfig."""
     return {
@@ -282,7 +285,7 @@ def param_lrs(cfg, spatial_scale: float = 1.0) -> dict[str, float]:
         "quats": cfg.lr_rotation,
         "opacities": cfg.lr_opacity,
         "sh0": cfg.lr_color,
-        "shN": cfg.lr_color / 20.0,
+        "shN": cfg.lr_color / SHN_LR_DIVISOR,
     }
 
 
@@ -303,7 +306,7 @@ def update_learning_rate(optimizer: torch.optim.Optimizer, step: int, cfg, spati
                          ) -> float:
     """Apply the position schedule for ``step``; returns the position learning rate. With
     ``cfg.lr_color_final`` > 0 the colour rate also decays log-linearly, from ``cfg.lr_color`` to it
-    over ``cfg.lr_position_steps`` (the higher-order SH coefficients at 1/20 of it, as at the start);
+    over ``cfg.lr_position_steps`` (the higher-order SH coefficients at 1/``SHN_LR_DIVISOR`` of it);
     otherwise (DreamGaussian) the colour rate is left alone."""
     lr = log_linear(step, cfg.lr_position_init * spatial_scale, cfg.lr_position_final * spatial_scale,
                     cfg.lr_position_steps)
@@ -313,7 +316,7 @@ def update_learning_rate(optimizer: torch.optim.Optimizer, step: int, cfg, spati
         if group["name"] == "means":
             group["lr"] = lr
         elif lr_color is not None and group["name"] in ("sh0", "shN"):
-            group["lr"] = lr_color if group["name"] == "sh0" else lr_color / 20.0
+            group["lr"] = lr_color if group["name"] == "sh0" else lr_color / SHN_LR_DIVISOR
     return lr
 
 

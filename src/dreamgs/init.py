@@ -285,7 +285,6 @@ def start_learning_rates(g):
             g.spatial_lr_scale * g.cloud_position_lr_scale)
 
 
-
 def initial_gaussians(cfg, ref=None, seed: int = 0) -> GaussianModel:
     """Stage 1's starting Gaussians for ``cfg.gaussians`` (see the module docstring)."""
     g = cfg.gaussians
