@@ -5,7 +5,7 @@
 #
 # Steps: env, gsplat (JIT-compile gsplat's CUDA code), render, quality, models, prior, compile, mesh,
 # pipeline, resume, turntable, mvdream, mvdream-pipeline, distill-speed, dreamfusion, antialias, magic3d, magic3d-run;
-# bench-ci, bench-distill, bench-geometry, bench-dreamfusion, ablate-shading, bench-gsgen, gsgen-parts, gsgen-starts, bench-magic3d, bench-hard,
+# bench-ci, bench-distill, bench-geometry, bench-dreamfusion, ablate-shading, bench-gsgen, gsgen-parts, gsgen-starts, gsgen-starts-full, image-bar-steps, bench-magic3d, bench-hard,
 # bench-hard-mv, bench-full, preview-dev, preview-ablate, fidelity (docs/quality.md,
 # docs/fidelity.md: their reports are packed into $OUT/reports.tar.gz). Each step's output goes to $OUT/<step>.log (default OUT=/tmp/out).
 # The machine has torch but not our other dependencies: they travel as wheels in .whl/ (not
@@ -224,6 +224,24 @@ PY
                     --out /tmp/reports/gsgen-starts/image/$n.jsonl &
                 python3 benchmarks/gsgen_parts.py --assets $a --device cuda --variants points_all_t01 \
                     --out /tmp/reports/gsgen-starts/prior-w1/$n.jsonl points_prior.weight=1.0 &
+            done
+            wait ;;
+        gsgen-starts-full)  # issue 19: the noisy-surface start against the ball at the default sizes (500 steps,
+            # 128-512 px), test split, SEEDS_LIST (default 0 1), one process per asset
+            export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+            for a in ${ASSETS:-gen:0 gen:1 gen:2 gen:3 gen:4 gen:5 gen:6 gen:7}; do
+                (for s in ${SEEDS_LIST:-0 1}; do
+                    python3 benchmarks/gsgen_parts.py --assets $a --seed $s --device cuda --config default \
+                        --variants ball noisy_points --out /tmp/reports/gsgen-starts-full/${a/:/}/s$s.jsonl
+                done) &
+            done
+            wait ;;
+        image-bar-steps)  # issue 19: steps to the image-mode bar (24 dB) from the ball and the silhouette start,
+            # tests/test_quality.py's image-mode stage 1, test split, SEEDS_LIST (default 0 1 2), one process per asset
+            export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+            for a in ${ASSETS:-gen:0 gen:1 gen:2 gen:3 gen:4 gen:5 gen:6 gen:7}; do
+                python3 benchmarks/image_bar_steps.py --assets $a --seeds ${SEEDS_LIST:-0 1 2} --device cuda \
+                    --out /tmp/reports/image-bar-steps/${a/:/}.jsonl &
             done
             wait ;;
         bench-gsgen)  # issue 19: GSGen's recipe through the whole bench (stage 2 on, its mesh scored), test split

@@ -95,7 +95,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--assets", nargs="+", default=["mug", "gen:1000"])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--config", default=str(ROOT / "benchmarks" / "ci_size.yaml"))
+    ap.add_argument("--config", default=str(ROOT / "benchmarks" / "ci_size.yaml"),
+                    help="a YAML preset, or 'default' for the mode's defaults (the full-size sizes)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mode", choices=("text", "image"), default="text")
     ap.add_argument("--curve-every", type=int, default=50)
@@ -127,7 +128,7 @@ def main(argv=None) -> None:
         cloud = noisy_cloud(asset, out.parent / f"cloud_{asset.replace(':', '')}.npy", seed=args.seed)
         for variant in args.variants:
             ov = [o.format(cloud=cloud) for o in VARIANTS[variant]]
-            config = args.config
+            config = None if args.config == "default" else args.config
             if ov == ["@gsgen"]:  # the recipe at CI size (stage 2 is not run here)
                 ov, config = [], str(ROOT / "benchmarks" / "gsgen_ci_size.yaml")
             cfg = load_config(args.mode, config, ["prior.kind=oracle", f"prior.asset={asset}", "prompt=an object",
