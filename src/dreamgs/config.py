@@ -332,6 +332,7 @@ class NerfConfig:
     background: str = "random"  # random (white or black, stage1.white_background_prob) | mlp (of view direction)
     lambda_orient: float = 1000.0  # orientation loss weight (ramped up linearly over orient_warmup)
     orient_warmup: float = 0.5  # fraction of stage1.iters over which the orientation weight ramps up
+    orient_weights: str = "detached"  # detached (DreamFusion: the normals only) | share (also each ray's weight share)
     lambda_sparsity: float = 0.0  # mean sqrt(alpha^2 + 0.01)
     lambda_opaque: float = 0.0  # binary entropy of alpha
     lambda_distortion: float = 0.0  # mip-NeRF 360's distortion loss of the per-ray weights (box side = 1)
@@ -714,6 +715,8 @@ def validate(cfg: Config) -> None:
     for name in ("albedo_prob", "textureless_prob", "ambient_only_fraction", "orient_warmup"):
         if not 0.0 <= getattr(n, name) <= 1.0:
             raise ConfigError(f"nerf.{name} must be within [0, 1]")
+    if n.orient_weights not in ("detached", "share"):
+        raise ConfigError(f"nerf.orient_weights: expected detached or share, got '{n.orient_weights}'")
     m3 = cfg.magic3d
     if not 0.0 < m3.coarse_fraction < 1.0:
         raise ConfigError("magic3d.coarse_fraction must be between 0 and 1 (exclusive): both stages need steps")

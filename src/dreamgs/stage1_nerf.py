@@ -173,7 +173,7 @@ class NerfStage1:
                                 occupancy_threshold=n.occ_threshold, ambient=n.ambient, diffuse=n.diffuse,
                                 normals=shading != "albedo", bg_fn=bg_fn,
                                 distortion=None if n.lambda_distortion == 0 else
-                                "normalised" if n.distortion_normalise else "plain")
+                                "normalised" if n.distortion_normalise else "plain", orient=n.orient_weights)
         images = out.images()
         loss_sds = self.distill(images.clamp(0.0, 1.0) if s1.clamp_render else images, cams, progress)
         ramp = min(1.0, progress / n.orient_warmup) if n.orient_warmup > 0 else 1.0

@@ -262,14 +262,16 @@ class NerfModel:
                light: Tensor | None = None, samples: int = 64, generator: torch.Generator | None = None,
                occupancy_threshold: float = 0.0, ambient: float = 0.1, diffuse: float = 0.9,
                normals: bool | None = None, prune_transmittance: float = 1e-3, chunk: int = 1 << 18,
-               bg_fn=None, distortion: str | None = None) -> NerfRender:
+               bg_fn=None, distortion: str | None = None, orient: str = "detached") -> NerfRender:
         """Volume-render ``cams``. ``background``: (C, 3) or (3,) colour (default black) unless
         ``bg_fn`` (ray directions (N, 3) -> colours (N, 3)) is given; ``light``: (C, 3) point-light
         positions for the shaded modes; ``generator`` jitters the stratified samples (None: bin
         centres); ``occupancy_threshold`` > 0 skips samples in empty occupancy cells; with gradients on,
         ``prune_weight`` > 0 first finds every sample's weight without gradients and differentiates
         only those above it. ``distortion``: "plain" (:func:`distortion_loss`) or "normalised"
-        (:func:`spread_loss`) of the rays' weights is returned in ``distortion``; None skips it."""
+        (:func:`spread_loss`) of the rays' weights is returned in ``distortion``; None skips it.
+        ``orient``: the orientation loss with the weights held fixed ("detached", DreamFusion's) or
+        with each ray's share of its weight differentiated as well ("share"; the same value)."""
         if shading not in SHADINGS:
             raise ValueError(f"shading: expected one of {SHADINGS}, got '{shading}'")
         C, H, W = len(cams), cams.height, cams.width
@@ -357,7 +359,13 @@ class NerfModel:
         rgb = rgb + (1.0 - alpha) * bg
         if want_normals:
             cos = (normal * d[:, None, :]).sum(-1)
-            orient = (w.detach() * cos.clamp_min(0.0) ** 2).sum() / max(1, len(ray_ids))
+            if orient == "share":  # w_i = acc (w_i / acc), the ray's opacity held fixed
+                acc_d = acc.detach()
+                share = w / acc.clamp_min(1e-12) * (acc_d > 1e-12)
+                orient_w = acc_d * share
+            else:
+                orient_w = w.detach()
+            orient = (orient_w * cos.clamp_min(0.0) ** 2).sum() / max(1, len(ray_ids))
             away = (w.detach() * (cos > 0).float()).sum() / w.detach().sum().clamp_min(1e-12)
         else:
             orient = away = torch.zeros((), device=dev)
