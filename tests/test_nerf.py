@@ -10,8 +10,8 @@ import torch
 from dreamgs.cameras import make_cameras
 from dreamgs.errors import InputError
 from dreamgs.representations.nerf import (PRIMES, BackgroundMLP, NerfModel, NerfSpec, camera_rays, choose_shading,
-                                          distortion_loss, load_nerf, opaque_loss, ray_box, sample_lights, save_nerf,
-                                          sparsity_loss, spread_loss, volume_weights)
+                                          distortion_loss, load_nerf, opaque_loss, orientation_loss, ray_box,
+                                          sample_lights, save_nerf, sparsity_loss, spread_loss, volume_weights)
 
 torch.set_num_threads(1)
 SMALL = dict(levels=3, base_resolution=4, max_resolution=12, features=2, log2_table=10, hidden=8, occ_resolution=8)
@@ -271,6 +271,33 @@ def test_spread_loss_is_the_distortion_of_the_normalised_weights_and_does_not_pu
     spread_loss(wb, edges).sum().backward()
     assert bool(((wa.grad * w).sum(-1) > 1e-6).all())
     assert torch.allclose((wb.grad * w).sum(-1), torch.zeros(4, dtype=torch.float64), atol=1e-12)
+
+
+def test_orientation_loss_through_the_weight_share_has_the_detached_value_and_the_share_gradient():
+    g = torch.Generator().manual_seed(7)
+    w = torch.rand(3, 12, generator=g, dtype=torch.float64) / 15
+    cos = torch.rand(3, 12, generator=g, dtype=torch.float64) * 2 - 1
+    f = cos.clamp_min(0) ** 2
+    detached, share = orientation_loss(w, cos, "detached"), orientation_loss(w, cos, "share")
+    assert torch.allclose(detached, (w * f).sum(-1), rtol=1e-12) and torch.allclose(share, detached, rtol=1e-12)
+    ws = w.clone().requires_grad_(True)
+    assert not orientation_loss(ws, cos, "detached").requires_grad  # DreamFusion's: the weights are held fixed
+    orientation_loss(ws, cos, "share").sum().backward()
+    # d/dw_k of A sum_i (w_i / sum_j w_j) f_i with A held fixed: (f_k - sum_i w_i f_i / A), by central differences
+    fd = torch.zeros_like(w)
+    for r in range(3):
+        for k in range(12):
+            e = torch.zeros_like(w)
+            e[r, k] = 1e-6
+            acc = w[r].sum()
+            val = lambda v: float(acc * (v[r] / v[r].sum() * f[r]).sum())  # noqa: E731
+            fd[r, k] = (val(w + e) - val(w - e)) / 2e-6
+    torch.testing.assert_close(ws.grad, fd, rtol=1e-6, atol=1e-9)
+    # it moves weight from the samples facing away to those facing the camera, and not towards an empty ray
+    assert bool((ws.grad[f > (w * f).sum(-1, keepdim=True) / w.sum(-1, keepdim=True)] > 0).all())
+    assert torch.allclose((ws.grad * w).sum(-1), torch.zeros(3, dtype=torch.float64), atol=1e-12)
+    with pytest.raises(ValueError, match="orientation weights"):
+        orientation_loss(w, cos, "through")
 
 
 def test_render_reports_the_distortion_of_its_rays_and_a_sharper_field_has_less():

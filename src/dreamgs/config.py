@@ -715,7 +715,7 @@ def validate(cfg: Config) -> None:
     for name in ("albedo_prob", "textureless_prob", "ambient_only_fraction", "orient_warmup"):
         if not 0.0 <= getattr(n, name) <= 1.0:
             raise ConfigError(f"nerf.{name} must be within [0, 1]")
-    if n.orient_weights not in ("detached", "share"):
+    if n.orient_weights not in ("detached", "share"):  # representations.nerf.ORIENT_WEIGHTS
         raise ConfigError(f"nerf.orient_weights: expected detached or share, got '{n.orient_weights}'")
     m3 = cfg.magic3d
     if not 0.0 < m3.coarse_fraction < 1.0:

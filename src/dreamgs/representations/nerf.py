@@ -270,8 +270,7 @@ class NerfModel:
         ``prune_weight`` > 0 first finds every sample's weight without gradients and differentiates
         only those above it. ``distortion``: "plain" (:func:`distortion_loss`) or "normalised"
         (:func:`spread_loss`) of the rays' weights is returned in ``distortion``; None skips it.
-        ``orient``: the orientation loss with the weights held fixed ("detached", DreamFusion's) or
-        with each ray's share of its weight differentiated as well ("share"; the same value)."""
+        ``orient``: how :func:`orientation_loss` treats the weights ("detached" or "share")."""
         if shading not in SHADINGS:
             raise ValueError(f"shading: expected one of {SHADINGS}, got '{shading}'")
         C, H, W = len(cams), cams.height, cams.width
@@ -359,13 +358,7 @@ class NerfModel:
         rgb = rgb + (1.0 - alpha) * bg
         if want_normals:
             cos = (normal * d[:, None, :]).sum(-1)
-            if orient == "share":  # w_i = acc (w_i / acc), the ray's opacity held fixed
-                acc_d = acc.detach()
-                share = w / acc.clamp_min(1e-12) * (acc_d > 1e-12)
-                orient_w = acc_d * share
-            else:
-                orient_w = w.detach()
-            orient = (orient_w * cos.clamp_min(0.0) ** 2).sum() / max(1, len(ray_ids))
+            orient = orientation_loss(w, cos, orient).sum() / max(1, len(ray_ids))
             away = (w.detach() * (cos > 0).float()).sum() / w.detach().sum().clamp_min(1e-12)
         else:
             orient = away = torch.zeros((), device=dev)
@@ -454,6 +447,28 @@ def spread_loss(w: Tensor, edges: Tensor) -> Tensor:
     gradient along w itself is zero. Rays with less than 1e-6 opacity count as empty."""
     acc = w.sum(-1, keepdim=True)
     return acc.detach()[..., 0] * distortion_loss(w / acc.clamp_min(1e-6), edges)
+
+
+ORIENT_WEIGHTS = ("detached", "share")
+
+
+def orientation_loss(w: Tensor, cos: Tensor, weights: str = "detached") -> Tensor:
+    """DreamFusion's orientation loss per ray (...): sum_i w_i max(0, cos_i)^2 over the samples
+    (last axis), ``cos_i`` the cosine between the normal and the ray direction (> 0: facing away).
+
+    ``detached`` (DreamFusion's) holds the weights fixed: only the normals move. ``share`` has the
+    same value, with each ray's weights written as its opacity (held fixed) times their share
+    w_i / opacity, and the share differentiated: the loss also moves a ray's weight from samples
+    facing away to samples facing the camera (a more opaque front), and, like :func:`spread_loss`,
+    its gradient along w itself is zero, so it does not pull rays towards empty. Rays with less
+    than 1e-6 opacity count as empty."""
+    f = cos.clamp_min(0.0) ** 2
+    if weights == "detached":
+        return (w.detach() * f).sum(-1)
+    if weights != "share":
+        raise ValueError(f"orientation weights: expected one of {ORIENT_WEIGHTS}, got '{weights}'")
+    acc = w.sum(-1, keepdim=True)
+    return acc.detach()[..., 0] * (w / acc.clamp_min(1e-6) * f).sum(-1)
 
 
 def sparsity_loss(alpha: Tensor) -> Tensor:
