@@ -99,6 +99,24 @@ def test_cli_method_flag_is_the_method_override():
     assert "method=dreamfusion" in _generation_overrides(args)
 
 
+def test_orientation_through_the_weight_share_has_the_same_loss_and_moves_the_density_too():
+    from dreamgs.priors import load_prior
+
+    def one_step(mode):
+        cfg = load_config("text", None, TINY + ["prompt=a mug", "seed=3", "nerf.ambient_only_fraction=0",
+                                                "nerf.albedo_prob=0", "nerf.orient_warmup=0",
+                                                f"nerf.orient_weights={mode}"])
+        stage = NerfStage1(cfg, load_prior(cfg, "cpu"), device="cpu")
+        stage.step()
+        return stage.last, {k: v.detach().clone() for k, v in stage.model.params.items()}
+
+    (det, p_det), (share, p_share) = one_step("detached"), one_step("share")
+    assert det["orient"] > 0 and share["orient"] == pytest.approx(det["orient"], rel=1e-6)
+    assert any(not torch.equal(p_det[k], p_share[k]) for k in p_det)
+    with pytest.raises(ConfigError, match="nerf.orient_weights: expected detached or share, got 'both'"):
+        load_config("text", None, ["method=dreamfusion", "nerf.orient_weights=both"])
+
+
 @pytest.mark.parametrize("normalise", [False, True])
 def test_distortion_weight_enters_the_stage1_loss_and_is_reported(normalise):
     from dreamgs.priors import load_prior
