@@ -16,31 +16,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-# tests/test_quality.py's stage 1 for the image-mode bar (device and backend set from --device)
-BAR_OVERRIDES = ["prior.kind=oracle", "stage1.render_sizes=[64]", "stage1.size_milestones=[]", "stage1.iters=400",
-                 "gaussians.lr_position_steps=400", "stage1.batch_size=4", "gaussians.num_points=1000",
-                 "densify.max_gaussians=3000", "export.video=false", "stage2.enabled=false",
-                 "stage1.ref_size=128", "elevation=0"]
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from test_quality import STAGE1  # noqa: E402  (the bar's stage 1; device and backend set from --device below)
+
+BAR_OVERRIDES = [*STAGE1, "stage1.ref_size=128", "elevation=0"]  # test_image_mode_oracle_reaches_24db_from_one_view
+INPUT_SIZE = 256  # the test renders its input at 256 px
 STARTS = {"ball": [], "silhouette": ["gaussians.init=silhouette"]}
-
-
-def input_rgba(mesh, path: Path) -> Path:
-    """The bar test's input: the asset from the front at eye level, 256 px, colour un-premultiplied."""
-    from dreamgs.cameras import make_cameras
-    from dreamgs.media import save_image
-    from dreamgs.mesh.raster import render_mesh
-
-    r = render_mesh(mesh, make_cameras(0.0, 0.0, 2.0, 49.1, 256), background=torch.zeros(3), ssaa=2)
-    rgba = torch.cat([torch.where(r.alpha > 0, r.rgb / r.alpha.clamp_min(1e-6), r.rgb), r.alpha], -1)[0]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(path, rgba.clamp(0, 1).numpy())
-    return path
 
 
 def table(paths: list[str], bar: float) -> str:
@@ -71,7 +60,7 @@ def main(argv=None) -> None:
         print(table(args.table, args.bar))
         return
 
-    from dreamgs.bench import load_truth
+    from dreamgs.bench import input_image, load_truth
     from dreamgs.config import load_config
     from dreamgs.evaluate import asset_views, gaussian_views, heldout_cameras, psnr_per_view
     from dreamgs.images import input_view
@@ -85,15 +74,19 @@ def main(argv=None) -> None:
     backend = "torch" if device.type == "cpu" else "auto"
     for asset in args.assets:
         truth = load_truth(asset)
-        image = input_rgba(truth, out.parent / f"bar_input_{asset.replace(':', '').replace('/', '_')}.png")
+        image = None
         for seed in args.seeds:
             for start in args.starts:
                 cfg = load_config("image", None, [*BAR_OVERRIDES, f"device={args.device}", f"backend={backend}",
                                                   f"seed={seed}", f"prior.asset={asset}", *STARTS[start],
                                                   *args.overrides])
+                if image is None:  # per asset: the test's input (from the front at eye level, un-premultiplied),
+                    # its 8 held-out cameras and the truth there
+                    name = f"bar_input_{asset.replace(':', '').replace('/', '_')}.png"
+                    image = input_image(truth, cfg, out.parent / name, size=INPUT_SIZE)
+                    cams = heldout_cameras(cfg, 8, 64)
+                    gt = asset_views(truth, cams)
                 cfg.image = str(image)
-                cams = heldout_cameras(cfg, 8, 64)
-                gt = asset_views(truth, cams)
                 seed_everything(seed)
                 rgba = torch.as_tensor(input_view(cfg.image, size=cfg.stage1.ref_size,
                                                   recenter=cfg.image_recenter)).float()
@@ -101,7 +94,10 @@ def main(argv=None) -> None:
                 prior = load_prior(cfg, device, ref_image)
                 t0 = time.perf_counter()
                 st = Stage1(cfg, prior, ref, device)
-                score = lambda m: round(float(np.mean(psnr_per_view(gaussian_views(m.detach(), cams), gt))), 3)  # noqa: E731
+
+                def score(m):  # the test's figure: the mean of the 8 views' PSNR
+                    return round(float(np.mean(psnr_per_view(gaussian_views(m.detach(), cams), gt))), 3)
+
                 curve = [[0, score(st.model)]]
 
                 def cb(s):

@@ -67,12 +67,10 @@ def main(argv=None) -> None:
     if args.mode == "image":
         from dreamgs.bench import input_image
         from dreamgs.media import load_image
-        from dreamgs.stage1 import make_reference
+        from dreamgs.pipeline import _reference
 
         path = input_image(truth, cfg, out.parent / f"input_{args.asset.replace(':', '')}.png")
-        ref = make_reference(torch.as_tensor(load_image(path)).float(), cfg, "cpu")
-        a_ = ref.rgba[..., 3:4]
-        ref_image = (ref.rgba[..., :3] * a_ + (1 - a_)).permute(2, 0, 1)[None]
+        ref, ref_image = _reference(torch.as_tensor(load_image(path)).float(), cfg, "cpu")
     prior = load_prior(cfg, "cpu", ref_image)
     t0 = time.perf_counter()
     st = Stage1(cfg, prior, ref, "cpu")

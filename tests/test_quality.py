@@ -26,6 +26,7 @@ from dreamgs.pipeline import generate
 
 DEVICE = os.environ.get("DREAMGS_TEST_DEVICE", "cpu")
 BACKEND = "torch" if DEVICE == "cpu" else "auto"
+# (benchmarks/image_bar_steps.py runs the image-mode bar's stage 1 from these overrides)
 STAGE1 = [f"device={DEVICE}", f"backend={BACKEND}", "prior.kind=oracle", "stage1.render_sizes=[64]", "stage1.size_milestones=[]",
           "stage1.iters=400", "gaussians.lr_position_steps=400", "stage1.batch_size=4", "gaussians.num_points=1000",
           "densify.max_gaussians=3000", "seed=0", "export.video=false", "stage2.enabled=false"]

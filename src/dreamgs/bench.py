@@ -118,14 +118,14 @@ def job_config(job: Job):
     return load_config(job.mode, job.config, ov), ov
 
 
-def input_image(truth, cfg, path: Path) -> Path:
+def input_image(truth, cfg, path: Path, size: int | None = None) -> Path:
     """Image mode's input: the true asset seen from the input camera (azimuth 0, the config's
-    elevation), RGBA with straight alpha at ``stage1.ref_size``."""
+    elevation), RGBA with straight alpha at ``size`` pixels (default ``stage1.ref_size``)."""
     from .cameras import make_cameras
     from .media import save_image
     from .mesh.raster import render_mesh
 
-    cam = make_cameras(cfg.elevation, 0.0, cfg.camera.radius, cfg.camera.fovy, cfg.stage1.ref_size)
+    cam = make_cameras(cfg.elevation, 0.0, cfg.camera.radius, cfg.camera.fovy, size or cfg.stage1.ref_size)
     r = render_mesh(truth, cam, background=torch.zeros(3), ssaa=2)
     rgba = torch.cat([torch.where(r.alpha > 0, r.rgb / r.alpha.clamp_min(1e-6), r.rgb), r.alpha], -1)[0]
     path.parent.mkdir(parents=True, exist_ok=True)

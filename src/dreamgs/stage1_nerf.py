@@ -33,6 +33,12 @@ from .representations.nerf import (BackgroundMLP, NerfModel, NerfSpec, choose_sh
 from .train import finite_and_floats
 
 
+def linear_ramp(progress: float, fraction: float) -> float:
+    """A loss weight's ramp: rising linearly from 0 to 1 over the first ``fraction`` of training
+    (``progress`` in [0, 1]); 1 throughout when ``fraction`` is 0."""
+    return min(1.0, progress / fraction) if fraction > 0 else 1.0
+
+
 def nerf_spec(cfg: Config) -> NerfSpec:
     n = cfg.nerf
     return NerfSpec(bound=n.bound, levels=n.levels, base_resolution=n.base_resolution,
@@ -176,18 +182,15 @@ class NerfStage1:
                                 "normalised" if n.distortion_normalise else "plain", orient=n.orient_weights)
         images = out.images()
         loss_sds = self.distill(images.clamp(0.0, 1.0) if s1.clamp_render else images, cams, progress)
-        ramp = min(1.0, progress / n.orient_warmup) if n.orient_warmup > 0 else 1.0
-        loss = s1.lambda_sds * loss_sds + n.lambda_orient * ramp * out.orient
+        loss = s1.lambda_sds * loss_sds + n.lambda_orient * linear_ramp(progress, n.orient_warmup) * out.orient
         report = {"sds": loss_sds, "orient": out.orient, "facing_away": out.facing_away}
         if n.lambda_sparsity > 0:
             loss = loss + n.lambda_sparsity * sparsity_loss(out.alpha)
         if n.lambda_opaque > 0:
             loss = loss + n.lambda_opaque * opaque_loss(out.alpha)
         if n.lambda_distortion > 0:
-            dist = out.distortion
-            ramp_d = min(1.0, progress / n.distortion_warmup) if n.distortion_warmup > 0 else 1.0
-            loss = loss + n.lambda_distortion * ramp_d * dist
-            report["distortion"] = dist
+            loss = loss + n.lambda_distortion * linear_ramp(progress, n.distortion_warmup) * out.distortion
+            report["distortion"] = out.distortion
         if self.ref is not None and step % max(1, s1.ref_every) == 0:
             white3 = torch.ones(1, 3, device=self.device)
             r = self.model.render(self.ref.cams.resized(size).to(self.device), white3, samples=n.samples,

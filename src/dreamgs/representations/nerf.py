@@ -440,13 +440,21 @@ def distortion_loss(w: Tensor, edges: Tensor) -> Tensor:
     return between + within
 
 
-def spread_loss(w: Tensor, edges: Tensor) -> Tensor:
-    """The distortion loss of each ray's weight distribution w / opacity, times its opacity held fixed
-    (per ray, (...)): only where along the ray the weight sits counts, so unlike
-    :func:`distortion_loss` (quadratic in the weights) it does not pull rays towards empty; its
-    gradient along w itself is zero. Rays with less than 1e-6 opacity count as empty."""
+def weight_share(w: Tensor) -> tuple[Tensor, Tensor]:
+    """Each ray's weights (..., N) as its opacity, held fixed, (...) times their share w / opacity
+    (..., N), differentiated: a loss of the form opacity * f(share) depends only on where along the
+    ray the weight sits, so its gradient along w itself is zero and it does not pull rays towards
+    empty. Rays with less than 1e-6 opacity count as empty."""
     acc = w.sum(-1, keepdim=True)
-    return acc.detach()[..., 0] * distortion_loss(w / acc.clamp_min(1e-6), edges)
+    return acc.detach()[..., 0], w / acc.clamp_min(1e-6)
+
+
+def spread_loss(w: Tensor, edges: Tensor) -> Tensor:
+    """The distortion loss of each ray's weight distribution (:func:`weight_share`), times its
+    opacity held fixed (per ray, (...)): unlike :func:`distortion_loss` (quadratic in the weights)
+    it does not pull rays towards empty."""
+    opacity, share = weight_share(w)
+    return opacity * distortion_loss(share, edges)
 
 
 ORIENT_WEIGHTS = ("detached", "share")
@@ -457,18 +465,16 @@ def orientation_loss(w: Tensor, cos: Tensor, weights: str = "detached") -> Tenso
     (last axis), ``cos_i`` the cosine between the normal and the ray direction (> 0: facing away).
 
     ``detached`` (DreamFusion's) holds the weights fixed: only the normals move. ``share`` has the
-    same value, with each ray's weights written as its opacity (held fixed) times their share
-    w_i / opacity, and the share differentiated: the loss also moves a ray's weight from samples
-    facing away to samples facing the camera (a more opaque front), and, like :func:`spread_loss`,
-    its gradient along w itself is zero, so it does not pull rays towards empty. Rays with less
-    than 1e-6 opacity count as empty."""
+    same value, with the weights written as :func:`weight_share` and the share differentiated: the
+    loss also moves a ray's weight from samples facing away to samples facing the camera (a more
+    opaque front), without pulling rays towards empty."""
     f = cos.clamp_min(0.0) ** 2
     if weights == "detached":
         return (w.detach() * f).sum(-1)
     if weights != "share":
         raise ValueError(f"orientation weights: expected one of {ORIENT_WEIGHTS}, got '{weights}'")
-    acc = w.sum(-1, keepdim=True)
-    return acc.detach()[..., 0] * (w / acc.clamp_min(1e-6) * f).sum(-1)
+    opacity, share = weight_share(w)
+    return opacity * (share * f).sum(-1)
 
 
 def sparsity_loss(alpha: Tensor) -> Tensor:
