@@ -117,6 +117,25 @@ def test_orientation_through_the_weight_share_has_the_same_loss_and_moves_the_de
         load_config("text", None, ["method=dreamfusion", "nerf.orient_weights=both"])
 
 
+def test_orientation_loss_waits_for_its_start():
+    from dreamgs.priors import load_prior
+    from dreamgs.stage1_nerf import linear_ramp
+
+    assert [linear_ramp(p, 0.5, 0.3) for p in (0.0, 0.29, 0.3, 0.55, 0.8, 1.0)] == pytest.approx([0, 0, 0, 0.5, 1, 1])
+    assert linear_ramp(0.29, 0.0, 0.3) == 0.0 and linear_ramp(0.3, 0.0, 0.3) == 1.0
+
+    def first_step(extra):
+        cfg = load_config("text", None, TINY + ["prompt=a mug", "seed=3", "nerf.ambient_only_fraction=0",
+                                                "nerf.albedo_prob=0", "nerf.orient_warmup=0"] + extra)
+        stage = NerfStage1(cfg, load_prior(cfg, "cpu"), device="cpu")
+        stage.step()
+        return {k: v.detach().clone() for k, v in stage.model.params.items()}
+
+    waiting, off, on = first_step(["nerf.orient_start=0.5"]), first_step(["nerf.lambda_orient=0"]), first_step([])
+    assert all(torch.equal(waiting[k], off[k]) for k in off)
+    assert any(not torch.equal(on[k], off[k]) for k in off)
+
+
 @pytest.mark.parametrize("normalise", [False, True])
 def test_distortion_weight_enters_the_stage1_loss_and_is_reported(normalise):
     from dreamgs.priors import load_prior

@@ -332,6 +332,7 @@ class NerfConfig:
     background: str = "random"  # random (white or black, stage1.white_background_prob) | mlp (of view direction)
     lambda_orient: float = 1000.0  # orientation loss weight (ramped up linearly over orient_warmup)
     orient_warmup: float = 0.5  # fraction of stage1.iters over which the orientation weight ramps up
+    orient_start: float = 0.0  # fraction of stage1.iters without the orientation loss, before its ramp
     orient_weights: str = "detached"  # detached (DreamFusion: the normals only) | share (also each ray's weight share)
     lambda_sparsity: float = 0.0  # mean sqrt(alpha^2 + 0.01)
     lambda_opaque: float = 0.0  # binary entropy of alpha
@@ -712,7 +713,7 @@ def validate(cfg: Config) -> None:
                           "(samples and occ_resolution at least 2)")
     if n.bound <= 0 or n.blob_std <= 0 or not 2 <= n.base_resolution <= n.max_resolution:
         raise ConfigError("nerf.bound and nerf.blob_std must be positive and 2 <= base_resolution <= max_resolution")
-    for name in ("albedo_prob", "textureless_prob", "ambient_only_fraction", "orient_warmup"):
+    for name in ("albedo_prob", "textureless_prob", "ambient_only_fraction", "orient_warmup", "orient_start"):
         if not 0.0 <= getattr(n, name) <= 1.0:
             raise ConfigError(f"nerf.{name} must be within [0, 1]")
     if n.orient_weights not in ("detached", "share"):  # representations.nerf.ORIENT_WEIGHTS

@@ -33,10 +33,12 @@ from .representations.nerf import (BackgroundMLP, NerfModel, NerfSpec, choose_sh
 from .train import finite_and_floats
 
 
-def linear_ramp(progress: float, fraction: float) -> float:
-    """A loss weight's ramp: rising linearly from 0 to 1 over the first ``fraction`` of training
-    (``progress`` in [0, 1]); 1 throughout when ``fraction`` is 0."""
-    return min(1.0, progress / fraction) if fraction > 0 else 1.0
+def linear_ramp(progress: float, fraction: float, start: float = 0.0) -> float:
+    """A loss weight's ramp: 0 for the first ``start`` of training, then rising linearly from 0 to 1
+    over the next ``fraction`` (``progress`` in [0, 1]); a step from 0 to 1 when ``fraction`` is 0."""
+    if progress < start:
+        return 0.0
+    return min(1.0, (progress - start) / fraction) if fraction > 0 else 1.0
 
 
 def nerf_spec(cfg: Config) -> NerfSpec:
@@ -182,7 +184,7 @@ class NerfStage1:
                                 "normalised" if n.distortion_normalise else "plain", orient=n.orient_weights)
         images = out.images()
         loss_sds = self.distill(images.clamp(0.0, 1.0) if s1.clamp_render else images, cams, progress)
-        loss = s1.lambda_sds * loss_sds + n.lambda_orient * linear_ramp(progress, n.orient_warmup) * out.orient
+        loss = s1.lambda_sds * loss_sds + n.lambda_orient * linear_ramp(progress, n.orient_warmup, n.orient_start) * out.orient
         report = {"sds": loss_sds, "orient": out.orient, "facing_away": out.facing_away}
         if n.lambda_sparsity > 0:
             loss = loss + n.lambda_sparsity * sparsity_loss(out.alpha)
