@@ -104,7 +104,7 @@ def test_orientation_through_the_weight_share_has_the_same_loss_and_moves_the_de
 
     def one_step(mode):
         cfg = load_config("text", None, TINY + ["prompt=a mug", "seed=3", "nerf.ambient_only_fraction=0",
-                                                "nerf.albedo_prob=0", "nerf.orient_warmup=0",
+                                                "nerf.albedo_prob=0", "nerf.orient_warmup=0", "nerf.orient_start=0",
                                                 f"nerf.orient_weights={mode}"])
         stage = NerfStage1(cfg, load_prior(cfg, "cpu"), device="cpu")
         stage.step()
@@ -126,7 +126,8 @@ def test_orientation_loss_waits_for_its_start():
 
     def first_step(extra):
         cfg = load_config("text", None, TINY + ["prompt=a mug", "seed=3", "nerf.ambient_only_fraction=0",
-                                                "nerf.albedo_prob=0", "nerf.orient_warmup=0"] + extra)
+                                                "nerf.albedo_prob=0", "nerf.orient_warmup=0", "nerf.orient_start=0"]
+                           + extra)
         stage = NerfStage1(cfg, load_prior(cfg, "cpu"), device="cpu")
         stage.step()
         return {k: v.detach().clone() for k, v in stage.model.params.items()}
