@@ -5,7 +5,7 @@
 #
 # Steps: env, gsplat (JIT-compile gsplat's CUDA code), render, quality, models, prior, compile, mesh,
 # pipeline, resume, turntable, mvdream, mvdream-pipeline, distill-speed, dreamfusion, antialias, magic3d, magic3d-run;
-# bench-ci, bench-distill, bench-geometry, bench-dreamfusion, ablate-shading, orient-dreamfusion, sweep-dreamfusion, bench-gsgen, gsgen-parts, gsgen-starts, gsgen-starts-full, image-bar-steps, bench-magic3d, bench-hard,
+# bench-ci, bench-distill, bench-geometry, bench-dreamfusion, ablate-shading, orient-dreamfusion, bench-gsgen, gsgen-parts, gsgen-starts, gsgen-starts-full, image-bar-steps, bench-magic3d, bench-hard,
 # bench-hard-mv, bench-full, preview-dev, preview-ablate, fidelity (docs/quality.md,
 # docs/fidelity.md: their reports are packed into $OUT/reports.tar.gz). Each step's output goes to $OUT/<step>.log (default OUT=/tmp/out).
 # The machine has torch but not our other dependencies: they travel as wheels in .whl/ (not
@@ -129,24 +129,6 @@ for f in sorted(glob.glob(sys.argv[1] + '/runs/*/summary.json')):
     print(json.dumps({'run': f.split('/')[-2], 'normals_facing_away': json.load(open(f)).get('normals_facing_away')}))" \
                     "$d" > "$d/facing.jsonl"
             done ;;
-        sweep-dreamfusion)  # issue 16, dev only: DreamFusion's CPU preset (600 steps) with each of VARIANTS
-            # ("name:key=value,key=value ..."; "default:" for none) on the dev split and the dev meshes
-            # (unseen_meshes.py --set dev), all variants at once, JOBS runs each; then each run is meshed again at
-            # THRESHOLDS (benchmarks/nerf_threshold.py), rows in /tmp/reports/sweep-df-*/thresholds.jsonl
-            export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-            python3 benchmarks/unseen_meshes.py --set dev --out /tmp/dm > /dev/null
-            for v in ${VARIANTS:-default:}; do
-                name=${v%%:*}; ov=${v#*:}
-                timeout ${BENCH_S:-420} python3 -m dreamgs.cli bench --methods dreamfusion --seeds ${SEEDS:-1} --mode text \
-                    --assets ${ASSETS:-mug gen:1000 house /tmp/dm/cart.glb /tmp/dm/robot.glb /tmp/dm/can.glb} \
-                    --device cuda --jobs ${JOBS:-3} --no-baselines --out /tmp/reports/sweep-df-$name ${ov//,/ } &
-            done
-            wait
-            for d in /tmp/reports/sweep-df-*; do
-                timeout ${RESCORE_S:-120} python3 benchmarks/nerf_threshold.py "$d" --device cuda \
-                    --thresholds ${THRESHOLDS:-20 50} --out "$d/thresholds.jsonl" > /dev/null &
-            done
-            wait ;;
         magic3d)  # issue 17: Magic3D's fine step at 512 px (full-size random SD 2.1-base) and marching tetrahedra
             [ -f $MODELS/sd/model_index.json ] || python3 benchmarks/full_size_models.py --out $MODELS/sd --which sd --device cuda
             for r in 64 128; do

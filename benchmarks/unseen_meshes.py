@@ -59,9 +59,9 @@ def cart() -> trimesh.Trimesh:
     c = trimesh.creation
     parts = [_coloured(c.box(extents=[0.75, 0.3, 0.45]), (170, 90, 40))]
     for x in (-0.25, 0.25):
-        for z in (-0.25, 0.25):
-            wheel = c.cylinder(radius=0.11, height=0.06, sections=24)  # axis along z: the cart's side
-            parts.append(_coloured(_moved(wheel, [x, z, -0.2]), (30, 30, 30)))
+        for y in (-0.25, 0.25):  # four flat discs under the body's corners
+            wheel = c.cylinder(radius=0.11, height=0.06, sections=24)
+            parts.append(_coloured(_moved(wheel, [x, y, -0.2]), (30, 30, 30)))
     bar = c.cylinder(radius=0.025, height=0.5, sections=12)
     bar.apply_transform(rotation_matrix(-np.pi / 5, [0, 1, 0]))
     parts.append(_coloured(_moved(bar, [-0.5, 0, 0.3]), (200, 200, 210)))
