@@ -18,6 +18,7 @@ import yaml
 
 from dreamgs.bench import make_truth, score_mesh
 from dreamgs.config import from_dict
+from dreamgs.errors import EmptyModelError
 from dreamgs.mesh.io import load_mesh
 from dreamgs.pipeline import mesh_from
 
@@ -42,13 +43,14 @@ def rescore(bench_dirs, thresholds, out: Path, device: str) -> None:
                 t0 = time.perf_counter()
                 row = {"bench": str(bench_dir), "run_dir": str(run), "asset": res["asset"], "seed": res["seed"],
                        "threshold": t, "normals_facing_away": summary.get("normals_facing_away")}
+                overrides = [f"nerf.mesh_threshold={t}", "export.video=false", f"device={device}"]
                 try:
-                    made = mesh_from(run, overrides=[f"nerf.mesh_threshold={t}", "export.video=false", f"device={device}"],
-                                     out_dir=run.parent / f"{run.name}-t{t:g}", progress=False)
+                    made = mesh_from(run, overrides=overrides, out_dir=run.parent / f"{run.name}-t{t:g}",
+                                     progress=False)
                     row.update({k: v for k, v in score_mesh(load_mesh(made.files["glb"]), truth).items()
                                 if not k.startswith("_")})
-                except Exception as e:  # noqa: BLE001 - an empty surface at this threshold is a result
-                    row["failed"] = str(e).splitlines()[0]
+                except EmptyModelError as e:  # no surface at this threshold: a result, as in the bench
+                    row["failed"] = str(e)
                 row["seconds"] = time.perf_counter() - t0
                 with out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
@@ -62,15 +64,19 @@ def table(paths) -> None:
     groups = defaultdict(list)
     for r in rows:
         groups[(Path(r["bench"]).name, r["threshold"])].append(r)
-    print("| bench | threshold | runs | masked PSNR (dB) | Chamfer (% diag) | facing away | per run: asset s seed PSNR / Chamfer |")
+    print("| bench | threshold | runs | masked PSNR (dB) | Chamfer (% diag) | facing away "
+          "| per run: asset s seed PSNR / Chamfer |")
     print("|---|---|---|---|---|---|---|")
     for (b, t), rs in sorted(groups.items()):
+        rs.sort(key=lambda r: (r["asset"], r["seed"]))
         ok = [r for r in rs if not r.get("failed")]
-        mean = lambda k: sum(r[k] for r in ok) / max(1, len(ok))  # noqa: E731
-        runs = "; ".join(f"{r['asset']} s{r['seed']} " + ("failed" if r.get("failed") else
-                         f"{r['psnr_masked']:.2f} / {r['chamfer_pct']:.2f}") for r in sorted(rs, key=lambda r: (r["asset"], r["seed"])))
+        psnr = sum(r["psnr_masked"] for r in ok) / max(1, len(ok))
+        chamfer = sum(r["chamfer_pct"] for r in ok) / max(1, len(ok))
         face = [r["normals_facing_away"] for r in rs if r.get("normals_facing_away") is not None]
-        print(f"| {b} | {t:g} | {len(ok)} of {len(rs)} | {mean('psnr_masked'):.2f} | {mean('chamfer_pct'):.2f} | "
+        runs = "; ".join(f"{r['asset']} s{r['seed']} " + ("failed" if r.get("failed") else
+                                                          f"{r['psnr_masked']:.2f} / {r['chamfer_pct']:.2f}")
+                         for r in rs)
+        print(f"| {b} | {t:g} | {len(ok)} of {len(rs)} | {psnr:.2f} | {chamfer:.2f} | "
               f"{100 * sum(face) / max(1, len(face)):.1f} % | {runs} |")
 
 

@@ -184,7 +184,8 @@ class NerfStage1:
                                 "normalised" if n.distortion_normalise else "plain", orient=n.orient_weights)
         images = out.images()
         loss_sds = self.distill(images.clamp(0.0, 1.0) if s1.clamp_render else images, cams, progress)
-        loss = s1.lambda_sds * loss_sds + n.lambda_orient * linear_ramp(progress, n.orient_warmup, n.orient_start) * out.orient
+        orient_weight = n.lambda_orient * linear_ramp(progress, n.orient_warmup, n.orient_start)
+        loss = s1.lambda_sds * loss_sds + orient_weight * out.orient
         report = {"sds": loss_sds, "orient": out.orient, "facing_away": out.facing_away}
         if n.lambda_sparsity > 0:
             loss = loss + n.lambda_sparsity * sparsity_loss(out.alpha)
