@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dreamgs.cameras import make_cameras, sphere_views
-from dreamgs.errors import InputError
+from dreamgs.errors import EmptyModelError, InputError
 from dreamgs.mesh.core import Mesh
 from dreamgs.mesh.texture import bake, inpaint, rasterize_uv, texel_maps, unwrap
 
@@ -298,7 +298,7 @@ def test_bake_picks_the_best_facing_view():
     # A view below the cosine threshold is not used at all.
     tex, filled = run([5.0, 75.0], [red, green], 0.5)
     assert ((tex - red).abs() < 1e-5).all()
-    with pytest.raises(InputError, match="no texel"):
+    with pytest.raises(EmptyModelError, match="no texel"):
         run([75.0], [green], 0.5)
 
 

@@ -139,7 +139,7 @@ def test_method_gsgen_runs_and_exports_the_gaussians_and_the_mesh_only_when_aske
     tiny = ["prior.oracle_azimuths=8", "prior.oracle_elevations=[0]", "prior.oracle_resolution=32",
             "stage1.iters=8", "stage1.render_sizes=[32]", "stage1.size_milestones=[]", "gaussians.num_points=300",
             "points_prior.surface_samples=256", "points_prior.num_points=64", "densify.interval=4",
-            "export.video=false", "stage2.iters=1", "mesh.grid_resolution=32", "device=cpu"]
+            "export.video=false", "stage2.iters=1", "mesh.grid_resolution=32", "device=cpu", "seed=0"]
     plain, meshed = tmp_path / "plain", tmp_path / "meshed"
     assert main(["text", "a mug", "--method", "gsgen", "--prior", "oracle:mug", "--quiet", "--out", str(plain),
                  *tiny]) == 0

@@ -339,3 +339,15 @@ def test_stage2_divergence_stops_with_one_line_and_keeps_the_boundary_checkpoint
     assert "stage 2: 3 texture steps had a non-finite loss or gradient" in err and "stage2.max_bad_steps=2" in err
     assert read_meta(run / CHECKPOINT_NAME)["stage"] == "stage2"
     assert not (run / "summary.json").exists() and not (run / "model.glb").exists()
+
+
+def test_stage2_failure_keeps_stage1_and_says_how_to_try_stage2_again(reference2, tmp_path, capsys):
+    run = tmp_path / "run"
+    rc = main(["text", "a mug", *TINY, *STAGE2, "mesh.density_threshold=1e6", "--seed", str(SEED), "--run-dir",
+               str(run), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "the model is empty" in err and f"stage 1's outputs are kept, try stage 2 again with: dreamgs resume {run}" in err
+    assert read_meta(run / CHECKPOINT_NAME)["stage"] == "stage2" and (run / "model.ply").is_file()
+    assert main(["resume", str(run), "mesh.density_threshold=0.3", "--quiet"]) == 0
+    assert {name: (run / name).read_bytes() for name in OUTPUTS} == reference2

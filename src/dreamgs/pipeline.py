@@ -503,7 +503,7 @@ def _execute(run: _Run, ckpt, on_progress: ProgressFn | None, progress: bool, t_
     """Stage 1 (from scratch or a checkpoint), outputs, stage 2, exports and ``summary.json``."""
     from .checkpoint import checkpoint_path, save_checkpoint
     from .config import to_dict
-    from .errors import TrainingError
+    from .errors import DreamGSError, TrainingError
     from .methods import get_method
     from .run import write_json
     from .stage1 import render_size
@@ -574,8 +574,12 @@ def _execute(run: _Run, ckpt, on_progress: ProgressFn | None, progress: bool, t_
 
             if cfg.stage2.enabled:
                 phase = "stage2"
-                summary.update(textured_mesh(model, prior, cfg, run.ref, run_dir, result, timings, on_progress,
-                                             progress, stats=bad2))
+                try:
+                    summary.update(textured_mesh(model, prior, cfg, run.ref, run_dir, result, timings, on_progress,
+                                                 progress, stats=bad2))
+                except DreamGSError as e:  # stage 1's outputs and checkpoint stay: say how to try stage 2 again
+                    raise type(e)(f"{e}; stage 1's outputs are kept, try stage 2 again with: dreamgs resume "
+                                  f"{run_dir} mesh.KEY=VALUE") from None
         except (torch.OutOfMemoryError, MemoryError):
             out_of_memory = True  # raised below, outside this handler, so the failed frames are freed
         except RuntimeError as e:

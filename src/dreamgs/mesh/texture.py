@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..cameras import Cameras, project_points
-from ..errors import InputError
+from ..errors import EmptyModelError, InputError
 from .core import Mesh
 
 
@@ -282,7 +282,8 @@ def bake(mesh: Mesh, cams: Cameras, images: Tensor, depths: Tensor | None, size:
             best_cos[ok] = cos[ok]
     got = best_cos > -2.0
     if not got.any():
-        raise InputError(f"bake: no texel is seen by any of the {C} views at view cosine >= {cos_threshold:g}")
+        raise EmptyModelError(f"bake: no texel of the mesh ({mesh.num_faces} faces) is seen by any of the {C} "
+                              f"views at view cosine >= {cos_threshold:g}")
     S = int(size)
     texture = torch.zeros(S, S, nch, device=dev)
     filled = torch.zeros(S, S, dtype=torch.bool, device=dev)
