@@ -5,7 +5,7 @@
 #
 # Steps: env, gsplat (JIT-compile gsplat's CUDA code), render, quality, models, prior, compile, mesh,
 # pipeline, resume, turntable, mvdream, mvdream-pipeline, distill-speed, dreamfusion, antialias, magic3d, magic3d-run;
-# bench-ci, bench-distill, bench-geometry, bench-dreamfusion, ablate-shading, orient-dreamfusion, bench-gsgen, gsgen-parts, gsgen-starts, gsgen-starts-full, image-bar-steps, bench-magic3d, bench-hard,
+# bench-ci, bench-distill, bench-geometry, bench-dreamfusion, ablate-shading, df-variants, bench-gsgen, gsgen-parts, gsgen-starts, gsgen-starts-full, image-bar-steps, bench-magic3d, bench-hard,
 # bench-hard-mv, bench-full, preview-dev, preview-ablate, fidelity (docs/quality.md,
 # docs/fidelity.md: their reports are packed into $OUT/reports.tar.gz). Each step's output goes to $OUT/<step>.log (default OUT=/tmp/out).
 # The machine has torch but not our other dependencies: they travel as wheels in .whl/ (not
@@ -107,27 +107,23 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
                     --out /tmp/reports/ablate-df-$1 prior.oracle_shading=lit "${@:2}" &
             done
             wait ;;
-        orient-dreamfusion)  # issue 16: DreamFusion's CPU preset (600 steps) on the test split, the default beside
-            # ORIENT (overrides of the orientation candidate), both at once; each run's normals_facing_away
-            # (summary.json) is collected into facing.jsonl beside bench.json
+        df-variants)  # issue 16: DreamFusion's CPU preset (600 steps) under each line of VARIANTS ("NAME key=value
+            # ..."; default: the preset alone) on ASSETS (default: the dev split and the dev meshes), seeds
+            # 0..SEEDS-1, all at once; then each run's facing-away share with and without the occupancy grid
+            # (benchmarks/nerf_orientation.py) into facing.jsonl beside bench.json. ASSETS may name
+            # /tmp/dm/*.glb (dev meshes) and /tmp/u16/*.glb (the held-out kettle and lamp)
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-            for v in "default" "candidate ${ORIENT:-nerf.orient_weights=share}"; do
-                set -- $v
-                python3 -m dreamgs.cli bench --methods dreamfusion --assets test --seeds ${SEEDS:-1} --mode text \
-                    --device cuda --jobs ${JOBS:-8} --no-baselines --out /tmp/reports/orient-df-$1 "${@:2}" &
-                if [ -n "${KETTLE_SEEDS:-}" ]; then  # and the unseen kettle of issue 16's bar, seeds 0..KETTLE_SEEDS-1
-                    [ -f /tmp/u16/kettle.glb ] || python3 benchmarks/unseen_meshes.py --out /tmp/u16 > /dev/null
-                    python3 -m dreamgs.cli bench --methods dreamfusion --assets /tmp/u16/kettle.glb --seeds $KETTLE_SEEDS \
-                        --mode text --device cuda --jobs $KETTLE_SEEDS --no-baselines --out /tmp/reports/orient-df-kettle-$1 \
-                        "${@:2}" &
-                fi
-            done
+            [ -f /tmp/dm/cart.glb ] || python3 benchmarks/unseen_meshes.py --set dev --out /tmp/dm > /dev/null
+            [ -f /tmp/u16/kettle.glb ] || python3 benchmarks/unseen_meshes.py --out /tmp/u16 > /dev/null
+            while read -r name overrides; do
+                [ -n "$name" ] || continue
+                python3 -m dreamgs.cli bench --methods dreamfusion --seeds ${SEEDS:-1} --mode text --device cuda \
+                    --jobs ${JOBS:-6} --no-baselines --out /tmp/reports/df-$name \
+                    --assets ${ASSETS:-dev /tmp/dm/cart.glb /tmp/dm/robot.glb /tmp/dm/can.glb} $overrides &
+            done <<< "${VARIANTS:-default}"
             wait
-            for d in /tmp/reports/orient-df-*; do
-                python3 -c "import glob, json, sys
-for f in sorted(glob.glob(sys.argv[1] + '/runs/*/summary.json')):
-    print(json.dumps({'run': f.split('/')[-2], 'normals_facing_away': json.load(open(f)).get('normals_facing_away')}))" \
-                    "$d" > "$d/facing.jsonl"
+            for d in /tmp/reports/df-*/; do
+                python3 benchmarks/nerf_orientation.py "$d" --jsonl "$d/facing.jsonl"
             done ;;
         magic3d)  # issue 17: Magic3D's fine step at 512 px (full-size random SD 2.1-base) and marching tetrahedra
             [ -f $MODELS/sd/model_index.json ] || python3 benchmarks/full_size_models.py --out $MODELS/sd --which sd --device cuda

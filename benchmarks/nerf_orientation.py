@@ -1,18 +1,20 @@
 """Where along the rays a DreamFusion NeRF's normals face away from the camera (issue 16's
 orientation bar), for trained ``nerf.safetensors`` files::
 
-    python benchmarks/nerf_orientation.py RUN_DIR_OR_FILE [...] [--views 8] [--size 64] [--samples 64]
+    python benchmarks/nerf_orientation.py RUN_DIR_OR_FILE [...] [--views 8] [--size 64] [--samples 64] [--jsonl OUT]
 
 Renders the same check as the run's ``normals_facing_away`` (8 views around the object at
 elevation -15, 64 px, bin-centred samples, here without occupancy skipping) and prints the share of
 the rendering weight on normals facing away (n . d > 0), split by how much opacity the ray has
 already accumulated before the sample: the front of the surface (little accumulated) against what
-lies behind it (a thin wall's far side, the soft interior of the field).
+lies behind it (a thin wall's far side, the soft interior of the field). ``--jsonl`` writes one
+row per file instead: its run folder, this bare-field share and the run's own (summary.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -59,11 +61,18 @@ def main():
     ap.add_argument("--views", type=int, default=8)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--jsonl", type=Path, help="write one JSON row per file here instead of the tables")
     args = ap.parse_args()
+    rows = []
     for p in map(Path, args.paths):
         files = [p] if p.is_file() else sorted(p.rglob("nerf.safetensors"))
         for f in files:
             r = facing_away_by_depth(load_nerf(f), args.views, args.size, args.samples)
+            if args.jsonl:
+                summary = f.parent / "summary.json"
+                run = json.loads(summary.read_text()).get("normals_facing_away") if summary.is_file() else None
+                rows.append({"run": str(f.parent), "facing_away_bare": r["facing_away"], "facing_away_run": run})
+                continue
             print(f"{f}: facing away {100 * r['facing_away']:.1f} % of the weight, max density {r['max_density']:.1f}")
             print("| opacity accumulated in front | share of the weight | facing away, of all weight | facing away, within |")
             print("|---|---|---|---|")
@@ -71,6 +80,9 @@ def main():
                 lo, hi = b["band"]
                 print(f"| {lo:.1f}-{hi:.1f} | {100 * b['weight_share']:.1f} % | {100 * b['away_of_all']:.1f} % "
                       f"| {100 * b['away_within']:.1f} % |")
+
+    if args.jsonl:
+        args.jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 if __name__ == "__main__":

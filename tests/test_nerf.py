@@ -155,6 +155,28 @@ def test_occupancy_skipping_leaves_the_render_unchanged():
     assert float(full.alpha.detach().max()) > 0.99
 
 
+def test_empty_space_alpha_counts_only_cells_the_renders_skip_and_pulls_their_density_down():
+    sigma, count, samples = 2.0, 3000, 64
+    m = constant_field(sigma)
+    r, b = m.spec.occ_resolution, m.spec.bound
+    assert float(m.empty_space_alpha(count, 0.2, samples, torch.Generator().manual_seed(0)).abs().max()) == 0.0
+    occ = torch.zeros(r, r, r)
+    occ[2, 5, 3] = occ[6, 1, 1] = 10.0  # two occupied cells; renders also keep their 26 neighbours
+    m.occupancy = occ
+    alpha = m.empty_space_alpha(count, 0.2, samples, torch.Generator().manual_seed(1))
+    # Brute force in float64: the same draws, each point's cell against every occupied cell.
+    x = ((torch.rand(count, 3, generator=torch.Generator().manual_seed(1)) * 2 - 1) * b).double()
+    cell = ((x + b) / (2 * b) * r).floor().clamp(0, r - 1)
+    kept = torch.zeros(count, dtype=torch.bool)
+    for c in torch.tensor([[2, 5, 3], [6, 1, 1]], dtype=torch.float64):
+        kept |= ((cell - c).abs().amax(-1) <= 1)
+    expected = torch.where(kept, 0.0, 1 - math.exp(-sigma * 2 * b / samples)).double()
+    assert 0 < int(kept.sum()) < count
+    assert torch.allclose(alpha.double(), expected, atol=1e-6)
+    alpha.mean().backward()
+    assert float(m.params["mlp.b1"].grad[0]) > 0  # descent lowers the density there
+
+
 def test_lambertian_and_textureless_shading_of_a_sphere_lit_from_the_camera():
     m = blob_field(scale=60.0, std=0.3)  # a near-hard sphere of radius 0.3, albedo 0.5
     cams = make_cameras(0.0, 0.0, 2.5, 30.0, 33)

@@ -137,6 +137,23 @@ def test_orientation_loss_waits_for_its_start():
     assert any(not torch.equal(on[k], off[k]) for k in off)
 
 
+def test_empty_space_loss_enters_the_stage1_loss_and_is_reported():
+    from dreamgs.priors import load_prior
+
+    def steps(extra):
+        cfg = load_config("text", None, TINY + ["prompt=a mug", "seed=3"] + extra)
+        stage = NerfStage1(cfg, load_prior(cfg, "cpu"), device="cpu")
+        for _ in range(3):
+            stage.step()
+        return stage.last
+
+    off, on = steps([]), steps(["nerf.lambda_empty=1000", "nerf.empty_points=2048"])
+    assert "empty" not in off and on["empty"] > 0  # the field's faint density outside the blob
+    assert on["loss"] != off["loss"]
+    with pytest.raises(ConfigError, match="nerf.lambda_empty must not be negative"):
+        load_config("text", None, ["method=dreamfusion", "nerf.lambda_empty=-1"])
+
+
 @pytest.mark.parametrize("normalise", [False, True])
 def test_distortion_weight_enters_the_stage1_loss_and_is_reported(normalise):
     from dreamgs.priors import load_prior

@@ -336,6 +336,8 @@ class NerfConfig:
     orient_weights: str = "detached"  # detached (DreamFusion: the normals only) | share (also each ray's weight share)
     lambda_sparsity: float = 0.0  # mean sqrt(alpha^2 + 0.01)
     lambda_opaque: float = 0.0  # binary entropy of alpha
+    lambda_empty: float = 0.0  # mean opacity over a ray step at random points in cells the occupancy grid skips
+    empty_points: int = 4096  # points drawn in the box per step for lambda_empty (those in skipped cells count)
     lambda_distortion: float = 0.0  # mip-NeRF 360's distortion loss of the per-ray weights (box side = 1)
     distortion_normalise: bool = False  # of each ray's weights over its opacity (times the opacity, held fixed)
     distortion_warmup: float = 0.0  # fraction of stage1.iters over which its weight ramps up linearly (0: none)
@@ -716,6 +718,8 @@ def validate(cfg: Config) -> None:
     for name in ("albedo_prob", "textureless_prob", "ambient_only_fraction", "orient_warmup", "orient_start"):
         if not 0.0 <= getattr(n, name) <= 1.0:
             raise ConfigError(f"nerf.{name} must be within [0, 1]")
+    if n.lambda_empty < 0 or n.empty_points < 1:
+        raise ConfigError("nerf.lambda_empty must not be negative and nerf.empty_points must be at least 1")
     if n.orient_weights not in ("detached", "share"):  # representations.nerf.ORIENT_WEIGHTS
         raise ConfigError(f"nerf.orient_weights: expected detached or share, got '{n.orient_weights}'")
     m3 = cfg.magic3d

@@ -5,9 +5,10 @@ a shading mode (:func:`~dreamgs.representations.nerf.choose_shading`: albedo onl
 ``nerf.ambient_only_fraction`` of training, then albedo / textureless / Lambertian with
 DreamFusion's probabilities) and point lights near the cameras, renders the field over a random
 white-or-black background (or the background MLP), and adds to the prior's SDS loss the
-orientation loss (its weight ramped up linearly), the sparsity and the opaque-background losses
-and the distortion loss of the rays' weights (``nerf.lambda_distortion``, optionally normalised per
-ray and ramped up).
+orientation loss (its weight ramped up linearly), the sparsity and the opaque-background losses,
+the distortion loss of the rays' weights (``nerf.lambda_distortion``, optionally normalised per
+ray and ramped up) and the empty-space loss (``nerf.lambda_empty``: the opacity of random points in
+cells the occupancy grid skips, which renders never see).
 In image mode the input view is also rendered (albedo, white background) and compared with the
 input as in stage 1. The occupancy grid is refreshed every ``nerf.occ_every`` steps.
 
@@ -191,6 +192,9 @@ class NerfStage1:
             loss = loss + n.lambda_sparsity * sparsity_loss(out.alpha)
         if n.lambda_opaque > 0:
             loss = loss + n.lambda_opaque * opaque_loss(out.alpha)
+        if n.lambda_empty > 0:
+            report["empty"] = self.model.empty_space_alpha(n.empty_points, n.occ_threshold, n.samples, gen).mean()
+            loss = loss + n.lambda_empty * report["empty"]
         if n.lambda_distortion > 0:
             loss = loss + n.lambda_distortion * linear_ramp(progress, n.distortion_warmup) * out.distortion
             report["distortion"] = out.distortion

@@ -236,6 +236,19 @@ class NerfModel:
         ijk = ((x + b) / (2 * b) * r).long().clamp(0, r - 1)
         return occ[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
 
+    def empty_space_alpha(self, count: int, threshold: float, samples: int, generator: torch.Generator) -> Tensor:
+        """Opacity over one ray step (the box's side / ``samples``) at ``count`` uniform points of the
+        box, zero at those whose cell :meth:`occupied` keeps: renders skip these cells, so density
+        left in them shows only in the bare field (``nerf.lambda_empty``). Zeros before the first
+        refresh."""
+        b = self.spec.bound
+        x = ((torch.rand(count, 3, generator=generator) * 2 - 1) * b).to(self.device)
+        empty = ~self.occupied(x, threshold)
+        alpha = torch.zeros(count, device=self.device)
+        if bool(empty.any()):
+            alpha[empty] = 1 - torch.exp(-self.density(x[empty]) * (2 * b / samples))
+        return alpha
+
     # -- export ----------------------------------------------------------------------------------
 
     @torch.no_grad()
