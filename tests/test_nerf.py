@@ -155,6 +155,22 @@ def test_occupancy_skipping_leaves_the_render_unchanged():
     assert float(full.alpha.detach().max()) > 0.99
 
 
+def test_pruning_behind_opaque_fronts_keeps_every_weight_above_the_threshold():
+    """A sharp blob, its surface inside one occupancy cell: pruned and unpruned renders agree to the
+    threshold, and so do their facing-away shares. (Pruning by the cells' maximum density, as
+    before, skipped the front of the surface: alpha off by 0.27, facing away 4.8 against 5.3 %.)"""
+    m = blob_field(scale=100.0, std=0.4)
+    m.update_occupancy(torch.Generator().manual_seed(0))
+    cams = make_cameras(-15.0, [0.0, 90.0], 2.5, 49.1, 24)
+    kw = dict(shading="textureless", light=cams.centers, samples=48, occupancy_threshold=0.2)
+    with torch.no_grad():
+        full = m.render(cams, torch.ones(3), prune_transmittance=0.0, **kw)
+        fast = m.render(cams, torch.ones(3), **kw)
+    assert float(full.alpha.max()) > 0.999  # rays reach the pruning threshold
+    assert torch.allclose(full.alpha, fast.alpha, atol=1e-3) and torch.allclose(full.rgb, fast.rgb, atol=1e-3)
+    assert float(fast.facing_away) == pytest.approx(float(full.facing_away), abs=1e-3)
+
+
 def test_empty_space_alpha_counts_only_cells_the_renders_skip_and_pulls_their_density_down():
     sigma, count, samples = 2.0, 3000, 64
     m = constant_field(sigma)

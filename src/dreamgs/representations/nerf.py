@@ -221,12 +221,6 @@ class NerfModel:
         fresh = sigma.reshape(r, r, r)
         self.occupancy = fresh if bool((self.occupancy < 0).all()) else torch.maximum(self.occupancy * decay, fresh)
 
-    def occupancy_density(self, x: Tensor) -> Tensor:
-        """The occupancy grid's density estimate at points (N, 3) (the value of their cell)."""
-        r, b = self.spec.occ_resolution, self.spec.bound
-        ijk = ((x + b) / (2 * b) * r).long().clamp(0, r - 1)
-        return self.occupancy.clamp_min(0)[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
-
     def occupied(self, x: Tensor, threshold: float) -> Tensor:
         """Whether the occupancy cell of each point (N, 3) is above ``threshold``, dilated by one cell."""
         r, b = self.spec.occ_resolution, self.spec.bound
@@ -279,9 +273,9 @@ class NerfModel:
         """Volume-render ``cams``. ``background``: (C, 3) or (3,) colour (default black) unless
         ``bg_fn`` (ray directions (N, 3) -> colours (N, 3)) is given; ``light``: (C, 3) point-light
         positions for the shaded modes; ``generator`` jitters the stratified samples (None: bin
-        centres); ``occupancy_threshold`` > 0 skips samples in empty occupancy cells; with gradients on,
-        ``prune_weight`` > 0 first finds every sample's weight without gradients and differentiates
-        only those above it. ``distortion``: "plain" (:func:`distortion_loss`) or "normalised"
+        centres); ``occupancy_threshold`` > 0 skips samples in empty occupancy cells;
+        ``prune_transmittance`` > 0 skips samples behind the rest of their ray at transmittance at
+        most that (a first pass of the density without gradients finds them). ``distortion``: "plain" (:func:`distortion_loss`) or "normalised"
         (:func:`spread_loss`) of the rays' weights is returned in ``distortion``; None skips it.
         ``orient``: how :func:`orientation_loss` treats the weights ("detached" or "share")."""
         if shading not in SHADINGS:
@@ -308,12 +302,18 @@ class NerfModel:
         flat = x.reshape(-1, 3)
         keep = self.occupied(flat, occupancy_threshold) if occupancy_threshold > 0 else torch.ones(
             len(flat), dtype=torch.bool, device=dev)
-        if prune_transmittance > 0 and not bool((self.occupancy < 0).all()):
-            # samples deep behind an opaque front, by the occupancy grid's density estimates, are skipped
+        if prune_transmittance > 0:
+            # samples whose transmittance is at most prune_transmittance are skipped: found from the field's own
+            # density in a first pass without gradients, so every sample in front of a kept one is kept and
+            # the kept weights are exact
             with torch.no_grad():
-                proxy = self.occupancy_density(flat) * keep
-                sd = (proxy.reshape(-1, samples) * step[:, None]).cumsum(-1) - proxy.reshape(-1, samples) * step[:, None]
-                keep = keep & (torch.exp(-sd).reshape(-1) > prune_transmittance)
+                kid = torch.nonzero(keep).squeeze(1)
+                sd = torch.zeros(len(flat), device=dev)
+                if len(kid):
+                    sd = sd.index_put((kid,), torch.cat([self.density(flat[kid[i:i + chunk]])
+                                                         for i in range(0, len(kid), chunk)]))
+                sd = sd.reshape(-1, samples) * step[:, None]
+                keep = keep & (torch.exp(-(sd.cumsum(-1) - sd)).reshape(-1) > prune_transmittance)
         kid = torch.nonzero(keep).squeeze(1)
         sigma = torch.zeros(len(flat), device=dev)
         albedo = torch.zeros(len(flat), 3, device=dev)
