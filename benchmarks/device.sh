@@ -110,7 +110,8 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
         df-variants)  # issue 16: DreamFusion's CPU preset (600 steps) under each line of VARIANTS ("NAME key=value
             # ..."; default: the preset alone) on ASSETS (default: the dev split and the dev meshes), seeds
             # 0..SEEDS-1, all at once; then each run's facing-away share with and without the occupancy grid
-            # (benchmarks/nerf_orientation.py) into facing.jsonl beside bench.json. ASSETS may name
+            # (benchmarks/nerf_orientation.py) into facing.jsonl beside bench.json, and with THRESHOLDS stage 2
+            # again at those nerf.mesh_threshold values (nerf_threshold.py: threshold.jsonl). ASSETS may name
             # /tmp/dm/*.glb (dev meshes) and /tmp/u16/*.glb (the held-out kettle and lamp)
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
             [ -f /tmp/dm/cart.glb ] || python3 benchmarks/unseen_meshes.py --set dev --out /tmp/dm > /dev/null
@@ -123,8 +124,13 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
             done <<< "${VARIANTS:-default}"
             wait
             for d in /tmp/reports/df-*/; do
-                python3 benchmarks/nerf_orientation.py "$d" --jsonl "$d/facing.jsonl"
-            done ;;
+                python3 benchmarks/nerf_orientation.py "$d" --jsonl "$d/facing.jsonl" &
+                if [ -n "${THRESHOLDS:-}" ]; then  # and stage 2 again at these nerf.mesh_threshold values
+                    python3 benchmarks/nerf_threshold.py "$d" --thresholds $THRESHOLDS --device cuda \
+                        --out "$d/threshold.jsonl" > /dev/null &
+                fi
+            done
+            wait ;;
         magic3d)  # issue 17: Magic3D's fine step at 512 px (full-size random SD 2.1-base) and marching tetrahedra
             [ -f $MODELS/sd/model_index.json ] || python3 benchmarks/full_size_models.py --out $MODELS/sd --which sd --device cuda
             for r in 64 128; do
