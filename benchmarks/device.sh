@@ -119,8 +119,8 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffu
             while read -r name overrides; do
                 [ -n "$name" ] || continue
                 python3 -m dreamgs.cli bench --methods dreamfusion --seeds ${SEEDS:-1} --mode text --device cuda \
-                    --jobs ${JOBS:-6} --no-baselines --out /tmp/reports/df-$name \
-                    --assets ${ASSETS:-dev /tmp/dm/cart.glb /tmp/dm/robot.glb /tmp/dm/can.glb} $overrides &
+                    --jobs ${JOBS:-9} --no-baselines --out /tmp/reports/df-$name $overrides \
+                    --assets ${ASSETS:-dev /tmp/dm/cart.glb /tmp/dm/robot.glb /tmp/dm/can.glb} &
             done <<< "${VARIANTS:-default}"
             wait
             for d in /tmp/reports/df-*/; do
