@@ -274,9 +274,10 @@ class NerfModel:
         ``bg_fn`` (ray directions (N, 3) -> colours (N, 3)) is given; ``light``: (C, 3) point-light
         positions for the shaded modes; ``generator`` jitters the stratified samples (None: bin
         centres); ``occupancy_threshold`` > 0 skips samples in empty occupancy cells;
-        ``prune_transmittance`` > 0 skips samples behind the rest of their ray at transmittance at
-        most that (a first pass of the density without gradients finds them). ``distortion``: "plain" (:func:`distortion_loss`) or "normalised"
-        (:func:`spread_loss`) of the rays' weights is returned in ``distortion``; None skips it.
+        ``prune_transmittance`` > 0 skips samples whose transmittance is at most that (a first pass
+        of the density without gradients finds them). ``distortion``: "plain"
+        (:func:`distortion_loss`) or "normalised" (:func:`spread_loss`) of the rays' weights is
+        returned in ``distortion``; None skips it.
         ``orient``: how :func:`orientation_loss` treats the weights ("detached" or "share")."""
         if shading not in SHADINGS:
             raise ValueError(f"shading: expected one of {SHADINGS}, got '{shading}'")
