@@ -147,7 +147,7 @@ def test_empty_space_loss_enters_the_stage1_loss_and_is_reported():
             stage.step()
         return stage.last
 
-    off, on = steps([]), steps(["nerf.lambda_empty=1000", "nerf.empty_points=2048"])
+    off, on = steps(["nerf.lambda_empty=0"]), steps(["nerf.lambda_empty=1000", "nerf.empty_points=2048"])
     assert "empty" not in off and on["empty"] > 0  # the field's faint density outside the blob
     assert on["loss"] != off["loss"]
     with pytest.raises(ConfigError, match="nerf.lambda_empty must not be negative"):
