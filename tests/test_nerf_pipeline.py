@@ -56,6 +56,8 @@ def test_interrupted_run_resumes_to_the_same_nerf(reference, tmp_path, monkeypat
     assert ckpt.stage == "stage1" and ckpt.step == 4
     assert ckpt.meta["trainer"]["representation"] == "nerf"
     monkeypatch.setattr(NerfStage1, "step", orig)
+    with pytest.raises(ConfigError, match="'nerf.mesh_threshold' cannot change when resuming"):
+        resume_run(run, ["nerf.mesh_threshold=2"], progress=False)  # Magic3D's stage 1 reads it too
     res = resume_run(run, progress=False)
     assert res.summary["resumed_from"] == {"stage": "stage1", "step": 4}
     a, b = load_nerf(ref_run / "nerf.safetensors"), load_nerf(run / "nerf.safetensors")
@@ -65,10 +67,16 @@ def test_interrupted_run_resumes_to_the_same_nerf(reference, tmp_path, monkeypat
 
 
 def test_dreamfusion_exports_a_textured_glb_through_stage2(tmp_path):
+    from dreamgs.errors import EmptyModelError
+
     ov = [o for o in TINY if not o.startswith("stage2.enabled")] + [
         "stage2.iters=1", "stage2.render_size=24", "mesh.grid_resolution=24", "texture.size=64",
-        "texture.bake_views=2", "texture.bake_resolution=24", "export.obj=false", "nerf.mesh_threshold=1.0"]
-    res = generate("a mug", overrides=ov, seed=SEED, run_dir=tmp_path / "run", progress=False)
+        "texture.bake_views=2", "texture.bake_resolution=24", "export.obj=false"]
+    run = tmp_path / "run"
+    with pytest.raises(EmptyModelError, match=r"never reaches nerf\.mesh_threshold=1e\+06; stage 1's outputs are kept"):
+        generate("a mug", overrides=ov + ["nerf.mesh_threshold=1e6"], seed=SEED, run_dir=run, progress=False)
+    res = resume_run(run, ["nerf.mesh_threshold=1.0"], progress=False)  # stage 2 again, at another level
+    assert res.summary["resumed_from"]["stage"] == "stage2"
     assert res.files["glb"].is_file() and res.summary["mesh_faces"] > 0
     from dreamgs.mesh.io import load_mesh
 

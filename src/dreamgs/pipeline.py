@@ -389,6 +389,8 @@ def generate(prompt: str | None = None, *, image: str | Path | None = None,
 RESUME_KEYS = ("device", "backend", "stage1.batch_size", "stage1.render_sizes", "stage1.size_milestones",
                "stage1.checkpoint_every", "stage1.max_bad_steps", "stage1.deterministic", "densify.max_gaussians")
 RESUME_SECTIONS = ("stage2", "mesh", "texture", "export")
+# Keys outside those sections that only stage 2 reads: they may change once stage 1 is done.
+STAGE2_KEYS = ("nerf.mesh_threshold", "nerf.bake_samples")
 
 
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:
@@ -410,8 +412,9 @@ def resume_run(run_dir: str | os.PathLike, overrides: Sequence[str] = (), *, on_
     The run continues with the checkpoint's config (its seed included) and state; on the CPU with
     ``stage1.deterministic`` its outputs equal those of an uninterrupted run bit for bit. A run
     stopped after stage 1 continues at stage 2 without repeating stage 1. ``overrides`` may
-    change only :data:`RESUME_KEYS` and the sections :data:`RESUME_SECTIONS` (e.g. a smaller
-    render size after running out of memory); they are recorded in the folder's ``config.yaml``.
+    change only :data:`RESUME_KEYS`, the sections :data:`RESUME_SECTIONS` and, after stage 1,
+    :data:`STAGE2_KEYS` (e.g. a smaller render size after running out of memory, or another
+    threshold after an empty mesh); they are recorded in the folder's ``config.yaml``.
     """
     from .checkpoint import CHECKPOINT_NAME, checkpoint_path, load_checkpoint
     from .config import apply_override, dump_yaml, from_dict
@@ -437,8 +440,9 @@ def resume_run(run_dir: str | os.PathLike, overrides: Sequence[str] = (), *, on_
         raise InputError(f"{path}: the checkpoint's config is invalid ({e})") from None
     for ov in overrides:
         key = ov.split("=", 1)[0].strip()
-        if "=" in ov and key not in RESUME_KEYS and key.split(".")[0] not in RESUME_SECTIONS:
-            raise ConfigError(f"override '{key}' cannot change when resuming; allowed: {', '.join(RESUME_KEYS)} "
+        allowed = RESUME_KEYS + (STAGE2_KEYS if ckpt.stage == "stage2" else ())
+        if "=" in ov and key not in allowed and key.split(".")[0] not in RESUME_SECTIONS:
+            raise ConfigError(f"override '{key}' cannot change when resuming; allowed: {', '.join(allowed)} "
                               f"and the {', '.join(RESUME_SECTIONS)} sections")
         apply_override(cfg, ov)
     validate(cfg)
@@ -579,7 +583,7 @@ def _execute(run: _Run, ckpt, on_progress: ProgressFn | None, progress: bool, t_
                                                  progress, stats=bad2))
                 except DreamGSError as e:  # stage 1's outputs and checkpoint stay: say how to try stage 2 again
                     raise type(e)(f"{e}; stage 1's outputs are kept, try stage 2 again with: dreamgs resume "
-                                  f"{run_dir} mesh.KEY=VALUE") from None
+                                  f"{run_dir} KEY=VALUE") from None
         except (torch.OutOfMemoryError, MemoryError):
             out_of_memory = True  # raised below, outside this handler, so the failed frames are freed
         except RuntimeError as e:
