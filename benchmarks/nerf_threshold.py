@@ -2,7 +2,8 @@
 values, each ``model.glb`` scored like the bench (24 held-out views at 64 px, Chamfer). Stage 1 is
 not rerun: the field is read from each run's ``nerf.safetensors``. Stage 2's own randomness is
 reseeded, so the figures at the run's own threshold differ from its bench row by the refinement's
-noise (a few tenths of a dB), not by the threshold.
+noise (a few tenths of a dB), not by the threshold. Runs whose stage 2 failed (an empty mesh at
+their threshold) are meshed again too.
 
     python benchmarks/nerf_threshold.py BENCH_DIR [BENCH_DIR ...] --thresholds 5 20 50 --out rows.jsonl
     python benchmarks/nerf_threshold.py --table rows.jsonl
@@ -31,11 +32,11 @@ def rescore(bench_dirs, thresholds, out: Path, device: str) -> None:
         report = json.loads((Path(bench_dir) / "bench.json").read_text())
         for res in report["results"]:
             run = Path(res["run_dir"])
-            if res.get("failed") or not (run / "nerf.safetensors").is_file():
+            if not (run / "nerf.safetensors").is_file():  # a run that failed in stage 1
                 continue
             cfg = from_dict(yaml.safe_load((run / "config.yaml").read_text()))
             truth = None
-            summary = json.loads((run / "summary.json").read_text())
+            summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
             for t in thresholds:
                 if (str(run), t) in done:
                     continue
