@@ -145,17 +145,20 @@ def test_orientation_loss_waits_for_its_start():
     assert any(not torch.equal(on[k], off[k]) for k in off)
 
 
-def test_empty_space_loss_enters_the_stage1_loss_and_is_reported():
+def last_of_three_steps(extra):
+    """The report of a tiny DreamFusion stage 1's third step (the same draws for any ``extra``)."""
     from dreamgs.priors import load_prior
 
-    def steps(extra):
-        cfg = load_config("text", None, TINY + ["prompt=a mug", "seed=3"] + extra)
-        stage = NerfStage1(cfg, load_prior(cfg, "cpu"), device="cpu")
-        for _ in range(3):
-            stage.step()
-        return stage.last
+    cfg = load_config("text", None, TINY + ["prompt=a mug", "seed=3"] + extra)
+    stage = NerfStage1(cfg, load_prior(cfg, "cpu"), device="cpu")
+    for _ in range(3):
+        stage.step()
+    return stage.last
 
-    off, on = steps(["nerf.lambda_empty=0"]), steps(["nerf.lambda_empty=1000", "nerf.empty_points=2048"])
+
+def test_empty_space_loss_enters_the_stage1_loss_and_is_reported():
+    off = last_of_three_steps(["nerf.lambda_empty=0"])
+    on = last_of_three_steps(["nerf.lambda_empty=1000", "nerf.empty_points=2048"])
     assert "empty" not in off and on["empty"] > 0  # the field's faint density outside the blob
     assert on["loss"] != off["loss"]
     with pytest.raises(ConfigError, match="nerf.lambda_empty must not be negative"):
@@ -164,17 +167,8 @@ def test_empty_space_loss_enters_the_stage1_loss_and_is_reported():
 
 @pytest.mark.parametrize("normalise", [False, True])
 def test_distortion_weight_enters_the_stage1_loss_and_is_reported(normalise):
-    from dreamgs.priors import load_prior
-
-    def first_steps(extra):
-        cfg = load_config("text", None, TINY + ["prompt=a mug", "seed=3"] + extra)
-        stage = NerfStage1(cfg, load_prior(cfg, "cpu"), device="cpu")
-        for _ in range(3):
-            stage.step()
-        return stage.last
-
-    off = first_steps([])
-    on = first_steps(["nerf.lambda_distortion=1000", f"nerf.distortion_normalise={str(normalise).lower()}",
-                      "nerf.distortion_warmup=0.5"])
+    off = last_of_three_steps([])
+    on = last_of_three_steps(["nerf.lambda_distortion=1000", f"nerf.distortion_normalise={str(normalise).lower()}",
+                              "nerf.distortion_warmup=0.5"])
     assert "distortion" not in off and on["distortion"] > 0
     assert on["loss"] != off["loss"]  # the same draws, a different loss
