@@ -63,20 +63,23 @@ def test_farthest_point_sample_brute_force():
     assert farthest_point_sample(p[:4], 10, torch.tensor([0])).shape == (1, 4)
 
 
-def test_sds_gradient_is_w_times_eps_difference():
+@pytest.mark.parametrize("num_points", [16, 0])
+def test_sds_gradient_is_w_times_eps_difference(num_points):
     """d loss / d means equals the mean over draws of coord_scale * (1 - abar) (eps_hat - eps),
-    recomputed independently from the same random draws."""
+    recomputed independently from the same random draws (num_points 0: every centre in each draw)."""
     g = torch.Generator().manual_seed(3)
     surface = torch.rand(200, 3, generator=g, dtype=torch.float64) - 0.5
-    oracle = PointOracle(surface, coord_scale=2.0, batch_size=3, num_points=16)
+    oracle = PointOracle(surface, coord_scale=2.0, batch_size=3, num_points=num_points)
     means = (torch.rand(40, 3, generator=g) - 0.5).requires_grad_(True)
     oracle.sds(means, torch.Generator().manual_seed(9)).backward()
     # replay the draws
     gen = torch.Generator().manual_seed(9)
-    starts = torch.randint(40, (3,), generator=gen)
-    idx = farthest_point_sample(means, 16, starts)
+    if num_points:
+        idx = farthest_point_sample(means, num_points, torch.randint(40, (3,), generator=gen))
+    else:
+        idx = torch.arange(40).repeat(3, 1)
     ts = oracle.timesteps(3, gen)
-    noise = torch.randn(3, 16, 3, generator=gen, dtype=torch.float64)
+    noise = torch.randn(3, idx.shape[1], 3, generator=gen, dtype=torch.float64)
     want = torch.zeros(40, 3, dtype=torch.float64)
     for b in range(3):
         abar = float(oracle.alphas_cumprod[int(ts[b])])

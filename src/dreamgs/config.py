@@ -204,7 +204,7 @@ class PointPriorConfig:
     use: str = "off"
     weight: float = 0.1  # relative to stage1.lambda_sds (GSGen: 0.01 beside its SDS weight 0.1)
     batch_size: int = 4  # noise draws per step, each on its own farthest-point sample (GSGen: 4)
-    num_points: int = 1024  # Gaussian centres per draw, by farthest-point sampling (Point-E: 1024)
+    num_points: int = 1024  # Gaussian centres per draw, by farthest-point sampling (Point-E: 1024); 0: all of them
     t_min: float = 0.02  # timesteps uniform in [t_min, t_max) of T (GSGen: 0.02, 0.98)
     t_max: float = 0.98
     coord_scale: float = 2.0  # coordinates are multiplied by this before noising (Point-E's channel scale)
@@ -823,9 +823,9 @@ def validate(cfg: Config) -> None:
     if pp.use == "on" and cfg.prior.kind not in ("oracle", "oracle-mv"):
         raise ConfigError("points_prior needs an oracle prior (prior.kind=oracle or oracle-mv): no point-cloud "
                           "diffusion model (Point-E) is available, only the exact oracle over the asset's surface")
-    if pp.batch_size < 1 or pp.num_points < 1 or pp.surface_samples < 1 or pp.weight < 0 or pp.coord_scale <= 0:
-        raise ConfigError("points_prior: batch_size, num_points and surface_samples must be at least 1, weight "
-                          ">= 0 and coord_scale > 0")
+    if pp.batch_size < 1 or pp.num_points < 0 or pp.surface_samples < 1 or pp.weight < 0 or pp.coord_scale <= 0:
+        raise ConfigError("points_prior: batch_size and surface_samples must be at least 1, num_points (0: every "
+                          "centre) and weight >= 0, and coord_scale > 0")
     if not 0.0 <= pp.t_min < pp.t_max <= 1.0:
         raise ConfigError("points_prior.t_min and t_max must satisfy 0 <= t_min < t_max <= 1")
     if cfg.mesh.grid_resolution < 8:

@@ -99,12 +99,15 @@ class PointOracle:
 
     def sds(self, means: Tensor, generator: torch.Generator) -> Tensor:
         """GSGen's auxiliary SDS loss on the centres ``means`` (N, 3): ``batch_size`` draws, each
-        a farthest-point sample of ``num_points`` centres (a random first point), a timestep and
-        noise; loss 0.5 * sum |x - sg(x - grad)|^2 / batch_size with grad = (1 - abar) (eps_hat - eps),
+        a farthest-point sample of ``num_points`` centres (a random first point; 0: every centre),
+        a timestep and noise; loss 0.5 * sum |x - sg(x - grad)|^2 / batch_size with grad = (1 - abar) (eps_hat - eps),
         so d loss / d x = grad / batch_size."""
         bs = self.batch_size
-        starts = torch.randint(len(means), (bs,), generator=generator)
-        idx = farthest_point_sample(means, self.num_points, starts)
+        if self.num_points > 0:
+            starts = torch.randint(len(means), (bs,), generator=generator)
+            idx = farthest_point_sample(means, self.num_points, starts)
+        else:  # every centre in every draw
+            idx = torch.arange(len(means), device=means.device).expand(bs, -1)
         ts = self.timesteps(bs, generator)
         noise = torch.randn(idx.shape + (3,), generator=generator, dtype=torch.float64).to(means.device)
         loss = means.new_zeros(())
