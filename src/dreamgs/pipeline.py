@@ -438,9 +438,9 @@ def resume_run(run_dir: str | os.PathLike, overrides: Sequence[str] = (), *, on_
         cfg = from_dict(ckpt.config)
     except ConfigError as e:
         raise InputError(f"{path}: the checkpoint's config is invalid ({e})") from None
+    allowed = RESUME_KEYS + (STAGE2_KEYS if ckpt.stage == "stage2" else ())
     for ov in overrides:
         key = ov.split("=", 1)[0].strip()
-        allowed = RESUME_KEYS + (STAGE2_KEYS if ckpt.stage == "stage2" else ())
         if "=" in ov and key not in allowed and key.split(".")[0] not in RESUME_SECTIONS:
             raise ConfigError(f"override '{key}' cannot change when resuming; allowed: {', '.join(allowed)} "
                               f"and the {', '.join(RESUME_SECTIONS)} sections")
