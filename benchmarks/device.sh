@@ -227,12 +227,13 @@ PY
             done
             wait ;;
         gsgen-parts)  # issue 19: GSGen's parts on stage 1 (point prior, compactness, a noisy point start, the
-            # recipe) against the ball, test split at CI size, one process per asset (ASSETS, SEEDS)
+            # recipe) against the ball, test split at CI size, one process per asset and seed (ASSETS, SEEDS_LIST,
+            # VARIANTS; OVERRIDES for every run)
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
             mkdir -p /tmp/reports/gsgen-parts
             for a in ${ASSETS:-gen:0 gen:1 gen:2 gen:3 gen:4 gen:5 gen:6 gen:7}; do for s in ${SEEDS_LIST:-0}; do
                 python3 benchmarks/gsgen_parts.py --assets $a --seed $s --device cuda ${VARIANTS:+--variants $VARIANTS} \
-                    --out /tmp/reports/gsgen-parts/gsgen-parts-${a/:/}-s$s.jsonl &
+                    --out /tmp/reports/gsgen-parts/gsgen-parts-${a/:/}-s$s.jsonl ${OVERRIDES:-} &
             done; done
             wait ;;
         gsgen-starts)  # issue 19: the start bars on the test split at CI size, seed 0, one process per asset and
@@ -251,14 +252,14 @@ PY
             done
             wait ;;
         gsgen-starts-full)  # issue 19: the noisy-surface start against the ball at the default sizes (500 steps,
-            # 128-512 px), test split, SEEDS_LIST (default 0 1), one process per asset
+            # 128-512 px), test split, SEEDS_LIST (default 0 1), VARIANTS (default ball noisy_points), OVERRIDES for
+            # every run, one process per asset and seed (each in its own folder: the clouds are written beside)
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-            for a in ${ASSETS:-gen:0 gen:1 gen:2 gen:3 gen:4 gen:5 gen:6 gen:7}; do
-                (for s in ${SEEDS_LIST:-0 1}; do
-                    python3 benchmarks/gsgen_parts.py --assets $a --seed $s --device cuda --config default \
-                        --variants ball noisy_points --out /tmp/reports/gsgen-starts-full/${a/:/}/s$s.jsonl
-                done) &
-            done
+            for a in ${ASSETS:-gen:0 gen:1 gen:2 gen:3 gen:4 gen:5 gen:6 gen:7}; do for s in ${SEEDS_LIST:-0 1}; do
+                python3 benchmarks/gsgen_parts.py --assets $a --seed $s --device cuda --config default \
+                    --variants ${VARIANTS:-ball noisy_points} --out /tmp/reports/gsgen-starts-full/${a/:/}/s$s/runs.jsonl \
+                    ${OVERRIDES:-} &
+            done; done
             wait ;;
         image-bar-steps)  # issue 19: steps to the image-mode bar (24 dB) from the ball and the silhouette start,
             # tests/test_quality.py's image-mode stage 1, test split, SEEDS_LIST (default 0 1 2), one process per asset

@@ -21,6 +21,10 @@ Variants (config overrides on top of ``--config``):
   trained at the point starts' own rates (init.start_learning_rates);
 - ``noisy_points_ball_rates``: the same start trained at the ball's rates (as before issue 19's fix);
 - ``noisy_points_keep``: ``noisy_points`` with the position rates at 0.1 times the ball's;
+- ``coloured_points``: the same cloud with colours, as a 3D prior outputs them: each point the
+  true surface colour plus Gaussian noise (std 0.1 per channel), trained at the default rates;
+- ``coloured_points_refine``, ``noisy_points_refine``: the coloured or grey cloud distilled with
+  t <= 0.5 T (``gaussians.cloud_t_max``) and at 0.1 times the position rates;
 - ``silhouette`` (``--mode image``): the input's mask lifted into a slab of points;
 - ``gsgen``: GSGen's recipe at CI size (benchmarks/gsgen_ci_size.yaml: the geometry stage with the
   point prior, then gradient and compactness densification).
@@ -57,18 +61,36 @@ VARIANTS = {
                              "gaussians.cloud_color_lr_scale=5"],
     "noisy_points_keep": ["gaussians.init=points:{cloud}", "gaussians.init_colors=grey",
                           "gaussians.cloud_position_lr_scale=0.1"],
+    "coloured_points": ["gaussians.init=points:{coloured}"],
+    "coloured_points_refine": ["gaussians.init=points:{coloured}", "gaussians.cloud_t_max=0.5",
+                               "gaussians.cloud_position_lr_scale=0.1"],
+    "noisy_points_refine": ["gaussians.init=points:{cloud}", "gaussians.init_colors=grey",
+                            "gaussians.cloud_t_max=0.5", "gaussians.cloud_position_lr_scale=0.1"],
     "gsgen": ["@gsgen"],
     "silhouette": ["gaussians.init=silhouette"],  # image mode only
 }
 
 
-def noisy_cloud(asset: str, path: Path, n: int = 4096, noise: float = 0.02, seed: int = 0) -> Path:
+def noisy_cloud(asset: str, path: Path, n: int = 4096, noise: float = 0.02, seed: int = 0,
+                colour_noise: float | None = None) -> Path:
+    """4096 outer-surface points plus position noise; with ``colour_noise`` (not None) each point
+    also carries the surface colour of its nearest dense surface sample plus Gaussian noise of that
+    std per channel (a 3D prior such as Point-E outputs coloured points)."""
+    from scipy.spatial import cKDTree
+
     from dreamgs.bench import load_truth
     from dreamgs.evaluate import outer_surface_samples
+    from dreamgs.init import sample_mesh_points
 
     g = torch.Generator().manual_seed(seed)
-    pts = outer_surface_samples(load_truth(asset), n, g).double()
-    pts = pts + noise * torch.randn(pts.shape, generator=g, dtype=torch.float64)
+    truth = load_truth(asset)
+    surf = outer_surface_samples(truth, n, g).double()
+    pts = surf + noise * torch.randn(surf.shape, generator=g, dtype=torch.float64)
+    if colour_noise is not None:
+        dense, cols = sample_mesh_points(truth, 50 * n, g)
+        _, idx = cKDTree(dense.numpy()).query(surf.numpy(), k=1)
+        c = cols[torch.from_numpy(idx)] + colour_noise * torch.randn(n, 3, generator=g, dtype=torch.float64)
+        pts = torch.cat([pts, c.clamp(0, 1)], 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, pts.numpy())
     return path
@@ -125,9 +147,14 @@ def main(argv=None) -> None:
         surface = outer_surface_samples(truth, 20000, torch.Generator().manual_seed(0))
         lo, hi = truth.bounds()
         diag = float((hi - lo).norm())
-        cloud = noisy_cloud(asset, out.parent / f"cloud_{asset.replace(':', '')}.npy", seed=args.seed)
+        name = f"{asset.replace(':', '')}_s{args.seed}"
+        cloud = coloured = None
+        if any("{cloud}" in o for v in args.variants for o in VARIANTS[v]):
+            cloud = noisy_cloud(asset, out.parent / f"cloud_{name}.npy", seed=args.seed)
+        if any("{coloured}" in o for v in args.variants for o in VARIANTS[v]):
+            coloured = noisy_cloud(asset, out.parent / f"cloud_{name}_rgb.npy", seed=args.seed, colour_noise=0.1)
         for variant in args.variants:
-            ov = [o.format(cloud=cloud) for o in VARIANTS[variant]]
+            ov = [o.format(cloud=cloud, coloured=coloured) for o in VARIANTS[variant]]
             config = None if args.config == "default" else args.config
             if ov == ["@gsgen"]:  # the recipe at CI size (stage 2 is not run here)
                 ov, config = [], str(ROOT / "benchmarks" / "gsgen_ci_size.yaml")

@@ -211,3 +211,34 @@ def test_points_and_meshes_train_with_their_own_position_and_colour_rates(tmp_pa
         _cfg("text", "gaussians.cloud_color_lr_scale=0")
     with pytest.raises(ConfigError, match="lr_color_final"):
         _cfg("text", "gaussians.lr_color_final=-1")
+
+
+def test_cloud_t_max_limits_stage1_diffusion_times_for_points_and_meshes_only(tmp_path):
+    """With gaussians.cloud_t_max > 0 a points or mesh start is distilled with t <= cloud_t_max (the
+    prior's range is set for each distillation call and put back after it); the ball keeps the prior's
+    range, and so does a cloud with the default 0."""
+    from test_stage1 import _RecordingPrior
+
+    from dreamgs.stage1 import Stage1
+
+    class RangePrior(_RecordingPrior):
+        t_min, t_max = 0.02, 0.98
+
+        def sds(self, images, cams, progress):
+            self.ranges = [*getattr(self, "ranges", []), (self.t_min, self.t_max)]
+            return super().sds(images, cams, progress)
+
+    np.save(tmp_path / "c.npy", np.random.default_rng(0).normal(size=(60, 3)))
+    run = ["prompt=x", "stage1.iters=3", "stage1.render_sizes=[8]", "stage1.size_milestones=[]",
+           "densify.enabled=false", "gaussians.num_points=40", "gaussians.init_grow_samples=0"]
+    for start, t_max, expected in ((f"points:{tmp_path / 'c.npy'}", 0.5, 0.5), ("mesh:die", 0.3, 0.3),
+                                   ("ball", 0.5, 0.98), (f"points:{tmp_path / 'c.npy'}", 0.0, 0.98)):
+        prior = RangePrior()
+        cfg = load_config("text", None, [*run, f"gaussians.init={start}", f"gaussians.cloud_t_max={t_max}"])
+        Stage1(cfg, prior, device="cpu").run(progress=False)
+        assert prior.ranges == [(0.02, expected)] * 3, start
+        assert (prior.t_min, prior.t_max) == (0.02, 0.98)
+    with pytest.raises(ConfigError, match="cloud_t_max"):
+        _cfg("text", "gaussians.cloud_t_max=1.5")
+    with pytest.raises(ConfigError, match="cloud_t_max"):
+        _cfg("text", "gaussians.cloud_t_max=0.01")

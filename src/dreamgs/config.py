@@ -80,6 +80,9 @@ class GaussianConfig:
     # The ball, silhouette and depth starts keep the rates above.
     cloud_position_lr_scale: float = 1.0
     cloud_color_lr_scale: float = 1.0
+    # > 0: stage 1's distillation draws diffusion times at most this (a fraction of T) for points/mesh
+    # starts, instead of prior.t_max: a start that already has the shape is refined, not re-noised
+    cloud_t_max: float = 0.0
 
 
 @dataclass
@@ -809,6 +812,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("gaussians.lr_color_final must not be negative (0: a constant colour rate)")
     if not (g.cloud_position_lr_scale > 0 and g.cloud_color_lr_scale > 0):
         raise ConfigError("gaussians.cloud_position_lr_scale and cloud_color_lr_scale must be positive")
+    if g.cloud_t_max and not cfg.prior.t_min < g.cloud_t_max <= 1.0:
+        raise ConfigError(f"gaussians.cloud_t_max={g.cloud_t_max}: expected 0 (off) or a fraction of T in "
+                          f"(prior.t_min={cfg.prior.t_min}, 1]")
     if cfg.gaussians.init.split(":")[0] in ("silhouette", "depth") and cfg.mode != "image":
         raise ConfigError(f"gaussians.init={cfg.gaussians.init} lifts the input image: it needs image mode")
     if cfg.densify.mode not in ("grad", "compactness", "both"):

@@ -285,6 +285,15 @@ def start_learning_rates(g):
             g.spatial_lr_scale * g.cloud_position_lr_scale)
 
 
+def start_timestep_range(cfg) -> tuple[float, float] | None:
+    """The diffusion-time range stage 1 distils ``cfg.gaussians.init``'s start with, when it is not the
+    prior's own: ``(prior.t_min, gaussians.cloud_t_max)`` for points and meshes with cloud_t_max > 0."""
+    g = cfg.gaussians
+    if g.cloud_t_max <= 0 or parse_init(g.init)[0] not in CLOUD_STARTS:
+        return None
+    return cfg.prior.t_min, g.cloud_t_max
+
+
 def initial_gaussians(cfg, ref=None, seed: int = 0) -> GaussianModel:
     """Stage 1's starting Gaussians for ``cfg.gaussians`` (see the module docstring)."""
     g = cfg.gaussians

@@ -13,6 +13,7 @@ values).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -27,8 +28,8 @@ from .errors import ConfigError
 from .estimate import SIZE_EXPONENT
 from .fit import reference_loss
 from .gaussians import GaussianModel
-from .init import initial_gaussians, start_learning_rates
-from .priors.base import Prior
+from .init import initial_gaussians, start_learning_rates, start_timestep_range
+from .priors.base import Prior, timestep_range
 from .priors.distill import build_rule
 from .progress import Progress
 from .render import render
@@ -165,6 +166,7 @@ class Stage1:
         self.model = init.to(self.device)
         # points/mesh starts: their own position and colour rates (init.start_learning_rates); the ball's are g's
         g_train, spatial = start_learning_rates(g)
+        self.t_range = start_timestep_range(cfg)  # ... and their own diffusion-time range, if set
         self.trainer = GaussianTrainer(self.model, g_train, cfg.densify, seed, spatial_scale=spatial,
                                        max_bad_steps=cfg.stage1.max_bad_steps)
         # GSGen's geometry stage (stage1.geometry_fraction > 0): the 3D point prior acts only in it and
@@ -205,7 +207,8 @@ class Stage1:
         images = out.images()
         if cfg.prior.guidance_schedule:
             self.prior.set_guidance(scheduled_guidance(cfg.prior.guidance_schedule, progress))
-        loss_sds = self.distill(images.clamp(0.0, 1.0) if s1.clamp_render else images, cams, progress)
+        with timestep_range(self.prior, *self.t_range) if self.t_range else contextlib.nullcontext():
+            loss_sds = self.distill(images.clamp(0.0, 1.0) if s1.clamp_render else images, cams, progress)
         loss = s1.lambda_sds * loss_sds
         renders = [out]
         report = {"sds": loss_sds}

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
 from .config import Config
 from .errors import EmptyModelError
 from .mesh.regularize import laplacian_loss, normal_consistency_loss
+from .priors.base import timestep_range
 from .progress import Progress
 from .representations.dmtet import DMTetModel, dmtet_model, sdf_from_nerf
 from .stage1_nerf import NerfStage1, NerfTrainer, nerf_spec
@@ -43,21 +43,6 @@ def coarse_steps(cfg: Config) -> int:
 def coarse_config(cfg: Config) -> Config:
     """``cfg`` with ``stage1.iters`` the coarse stage's length (its schedules run over it)."""
     return dataclasses.replace(cfg, stage1=dataclasses.replace(cfg.stage1, iters=coarse_steps(cfg)))
-
-
-@contextmanager
-def timestep_range(prior, t_min: float, t_max: float) -> Iterator[None]:
-    """The prior's (and, for a weighted sum, its parts') diffusion-time range set to
-    ``[t_min, t_max]`` for the block, then restored."""
-    priors = [p for _, _, p in prior.parts] if hasattr(prior, "parts") else [prior]
-    saved = [(p, p.t_min, p.t_max) for p in priors if hasattr(p, "t_max")]
-    for p, _, _ in saved:
-        p.t_min, p.t_max = t_min, t_max
-    try:
-        yield
-    finally:
-        for p, lo, hi in saved:
-            p.t_min, p.t_max = lo, hi
 
 
 def initial_threshold(cfg: Config, nerf, grid) -> float:

@@ -19,6 +19,8 @@ Images are (B, 3, H, W) in [0, 1] at any size; priors resize to their own ``reso
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +118,21 @@ def timestep_fraction(progress: float, t_min: float, t_max: float, schedule: str
         return t_min + (t_max - t_min) * u
     p = min(max(progress, 0.0), 1.0)
     return t_max - (t_max - t_min) * p
+
+
+@contextmanager
+def timestep_range(prior, t_min: float, t_max: float) -> Iterator[None]:
+    """The prior's (and, for a weighted sum, its parts') diffusion-time range set to
+    ``[t_min, t_max]`` for the block, then restored."""
+    priors = [p for _, _, p in prior.parts] if hasattr(prior, "parts") else [prior]
+    saved = [(p, p.t_min, p.t_max) for p in priors if hasattr(p, "t_max")]
+    for p, _, _ in saved:
+        p.t_min, p.t_max = t_min, t_max
+    try:
+        yield
+    finally:
+        for p, lo, hi in saved:
+            p.t_min, p.t_max = lo, hi
 
 
 def sdedit_timesteps(strength: float, steps: int, schedule: str = "linear",
