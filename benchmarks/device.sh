@@ -237,7 +237,7 @@ PY
             done; done
             wait ;;
         gsgen-starts)  # issue 19: the start bars on the test split at CI size, seed 0, one process per asset and
-            # kind: a noisy surface cloud (the starts' colour rate, and the ball's rates), the silhouette
+            # kind: a noisy surface cloud (the point starts' defaults, and 5x the colour rate), the silhouette
             # start in image mode, the point prior at t < 0.1 T with weight 1; the ball rows are gsgen-parts'
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
             # (each kind in its own folder: gsgen_parts.py writes its noisy cloud beside its output)
@@ -251,14 +251,15 @@ PY
                     --out /tmp/reports/gsgen-starts/prior-w1/$n.jsonl points_prior.weight=1.0 &
             done
             wait ;;
-        gsgen-starts-full)  # issue 19: the noisy-surface start against the ball at the default sizes (500 steps,
-            # 128-512 px), test split, SEEDS_LIST (default 0 1), VARIANTS (default ball noisy_points), OVERRIDES for
-            # every run, one process per asset and seed (each in its own folder: the clouds are written beside)
+        gsgen-starts-full)  # issue 19: noisy-surface starts (grey and coloured, each trained as the point starts
+            # are and as the ball is) against the ball at the default sizes (500 steps, 128-512 px), test split,
+            # SEEDS_LIST (default 0 1 2), VARIANTS, OVERRIDES for every run, one process per asset and seed (each in
+            # its own folder: the clouds are written beside); the gsplat step first (the extension is built once)
             export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-            for a in ${ASSETS:-gen:0 gen:1 gen:2 gen:3 gen:4 gen:5 gen:6 gen:7}; do for s in ${SEEDS_LIST:-0 1}; do
-                python3 benchmarks/gsgen_parts.py --assets $a --seed $s --device cuda --config default \
-                    --variants ${VARIANTS:-ball noisy_points} --out /tmp/reports/gsgen-starts-full/${a/:/}/s$s/runs.jsonl \
-                    ${OVERRIDES:-} &
+            for a in ${ASSETS:-gen:0 gen:1 gen:2 gen:3 gen:4 gen:5 gen:6 gen:7}; do for s in ${SEEDS_LIST:-0 1 2}; do
+                python3 benchmarks/gsgen_parts.py --assets $a --seed $s --device cuda --config default --variants \
+                    ${VARIANTS:-ball noisy_points noisy_points_ball_rates coloured_points coloured_points_ball_rates} \
+                    --out /tmp/reports/gsgen-starts-full/${a/:/}/s$s/runs.jsonl ${OVERRIDES:-} &
             done; done
             wait ;;
         image-bar-steps)  # issue 19: steps to the image-mode bar (24 dB) from the ball and the silhouette start,

@@ -18,13 +18,12 @@ Variants (config overrides on top of ``--config``):
 - ``both_densify``: gradient then compactness densification (GSGen's legacy mode);
 - ``noisy_points``: start from 4096 points on the true surface with Gaussian noise (std 0.02)
   and grey colours (a stand-in for a 3D prior's point cloud), grown as GaussianDreamer does, and
-  trained at the point starts' own rates (init.start_learning_rates);
-- ``noisy_points_ball_rates``: the same start trained at the ball's rates (as before issue 19's fix);
-- ``noisy_points_keep``: ``noisy_points`` with the position rates at 0.1 times the ball's;
-- ``coloured_points``: the same cloud with colours, as a 3D prior outputs them: each point the
-  true surface colour plus Gaussian noise (std 0.1 per channel), trained at the default rates;
-- ``coloured_points_refine``, ``noisy_points_refine``: the coloured or grey cloud distilled with
-  t <= 0.5 T (``gaussians.cloud_t_max``) and at 0.1 times the position rates;
+  trained as the point starts are by default (init.start_learning_rates, init.start_timestep_range);
+- ``noisy_points_ball_rates``: the same start trained as the ball is (its rates, t up to prior.t_max);
+- ``noisy_points_colour5``: ``noisy_points`` with 5 times the colour rate at first;
+- ``coloured_points``, ``coloured_points_ball_rates``: the same cloud with colours, as a 3D prior
+  outputs them (each point the true surface colour plus Gaussian noise of std 0.1 per channel),
+  trained as the point starts are by default, or as the ball is;
 - ``silhouette`` (``--mode image``): the input's mask lifted into a slab of points;
 - ``gsgen``: GSGen's recipe at CI size (benchmarks/gsgen_ci_size.yaml: the geometry stage with the
   point prior, then gradient and compactness densification).
@@ -45,6 +44,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# a point start trained as the ball is: its rates, and diffusion times up to prior.t_max
+BALL_RATES = ["gaussians.cloud_position_lr_scale=1", "gaussians.cloud_color_lr_scale=1", "gaussians.cloud_t_max=0"]
 VARIANTS = {
     "ball": [],
     "points": ["points_prior.use=on", "stage1.geometry_fraction=0.1333"],
@@ -55,17 +56,11 @@ VARIANTS = {
     "compact": ["densify.mode=compactness"],
     "both_densify": ["densify.mode=both"],
     "noisy_points": ["gaussians.init=points:{cloud}", "gaussians.init_colors=grey"],
-    "noisy_points_ball_rates": ["gaussians.init=points:{cloud}", "gaussians.init_colors=grey",
-                                "gaussians.cloud_position_lr_scale=1", "gaussians.cloud_color_lr_scale=1"],
+    "noisy_points_ball_rates": ["gaussians.init=points:{cloud}", "gaussians.init_colors=grey", *BALL_RATES],
     "noisy_points_colour5": ["gaussians.init=points:{cloud}", "gaussians.init_colors=grey",
                              "gaussians.cloud_color_lr_scale=5"],
-    "noisy_points_keep": ["gaussians.init=points:{cloud}", "gaussians.init_colors=grey",
-                          "gaussians.cloud_position_lr_scale=0.1"],
     "coloured_points": ["gaussians.init=points:{coloured}"],
-    "coloured_points_refine": ["gaussians.init=points:{coloured}", "gaussians.cloud_t_max=0.5",
-                               "gaussians.cloud_position_lr_scale=0.1"],
-    "noisy_points_refine": ["gaussians.init=points:{cloud}", "gaussians.init_colors=grey",
-                            "gaussians.cloud_t_max=0.5", "gaussians.cloud_position_lr_scale=0.1"],
+    "coloured_points_ball_rates": ["gaussians.init=points:{coloured}", *BALL_RATES],
     "gsgen": ["@gsgen"],
     "silhouette": ["gaussians.init=silhouette"],  # image mode only
 }
@@ -113,6 +108,33 @@ def table(paths: list[str]) -> str:
     return "\n".join(out)
 
 
+def summary(paths: list[str]) -> str:
+    """Markdown: one row per variant over every (mode, asset, seed) that has a ball run: the 24-view
+    masked PSNR and its paired difference to the ball (mean ± standard error), the centre distance
+    and its mean relative change, the mean 8-view curve, and in how many runs the curve reaches the
+    ball's final 8-view figure by half the steps."""
+    rows = [json.loads(line) for p in paths for line in open(p) if line.strip()]
+    key = lambda r: (r.get("mode", "text"), r["asset"], r.get("seed", 0))  # noqa: E731
+    ball = {key(r): r for r in rows if r["variant"] == "ball"}
+    out = ["| variant | runs | masked PSNR (dB) | − ball (dB) | centre→surface (% diag) | change | "
+           "mean 8-view curve (step: dB) | reach the ball's final by half the steps |", "|---" * 8 + "|"]
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        runs = [(r, ball[key(r)]) for r in rows if r["variant"] == variant and key(r) in ball]
+        if not runs:
+            continue
+        dp = np.array([r["psnr_masked"] - b["psnr_masked"] for r, b in runs])
+        change = np.mean([r["centre_dist_pct"] / b["centre_dist_pct"] - 1 for r, b in runs])
+        se = dp.std(ddof=1) / np.sqrt(len(dp)) if len(dp) > 1 else float("nan")
+        reach = sum(any(v >= b["curve"][-1][1] for k, v in r["curve"] if k <= r["curve"][-1][0] / 2) for r, b in runs)
+        curve = np.mean([[v for _, v in r["curve"]] for r, _ in runs], 0)
+        steps = [k for k, _ in runs[0][0]["curve"]]
+        shown = ", ".join(f"{k}: {v:.2f}" for k, v in zip(steps, curve) if k % 100 == 0 or k == 50)
+        out.append(f"| {variant} | {len(runs)} | {np.mean([r['psnr_masked'] for r, _ in runs]):.2f} | "
+                   f"{dp.mean():+.2f} ± {se:.2f} | {np.mean([r['centre_dist_pct'] for r, _ in runs]):.2f} | "
+                   f"{100 * change:+.0f} % | {shown} | {reach} of {len(runs)} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--assets", nargs="+", default=["mug", "gen:1000"])
@@ -125,10 +147,11 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="outputs/gsgen_parts.jsonl")
     ap.add_argument("--table", nargs="+", metavar="JSONL", help="print the results of earlier runs as a table")
+    ap.add_argument("--summary", nargs="+", metavar="JSONL", help="... as one row per variant over assets and seeds")
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     args = ap.parse_args(argv)
-    if args.table:
-        print(table(args.table))
+    if args.table or args.summary:
+        print(table(args.table) if args.table else summary(args.summary))
         return
 
     from dreamgs.bench import load_truth

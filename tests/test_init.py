@@ -200,10 +200,12 @@ def test_points_and_meshes_train_with_their_own_position_and_colour_rates(tmp_pa
         final, colour = final
         assert final == pytest.approx(ball_final * p)
         assert colour == pytest.approx(ball_colour)  # ... the colour rate decays back to lr_color
-    # by default (both factors 1) a cloud trains at the ball's rates, with the very same config
-    g, lrs, (final, colour) = trained(f"gaussians.init=points:{tmp_path / 'c.npy'}")
+    # with both factors 1 a cloud trains at the ball's rates, with the very same config
+    g, lrs, (final, colour) = trained(f"gaussians.init=points:{tmp_path / 'c.npy'}",
+                                      "gaussians.cloud_position_lr_scale=1")
     assert (g.cloud_position_lr_scale, g.cloud_color_lr_scale) == (1.0, 1.0) and start_learning_rates(g)[0] is g
     assert lrs == ball and final == ball_final and colour == ball_colour
+    assert _cfg().gaussians.cloud_position_lr_scale == 0.1  # the default: a tenth of the ball's position rates
     for ov in ("gaussians.init=silhouette", f"gaussians.init=depth:{tmp_path / 'd.npy'}"):
         g = _cfg("image", ov).gaussians
         assert start_learning_rates(g) == (g, g.spatial_lr_scale) and start_learning_rates(g)[0] is g
@@ -240,5 +242,6 @@ def test_cloud_t_max_limits_stage1_diffusion_times_for_points_and_meshes_only(tm
         assert (prior.t_min, prior.t_max) == (0.02, 0.98)
     with pytest.raises(ConfigError, match="cloud_t_max"):
         _cfg("text", "gaussians.cloud_t_max=1.5")
-    with pytest.raises(ConfigError, match="cloud_t_max"):
-        _cfg("text", "gaussians.cloud_t_max=0.01")
+    with pytest.raises(ConfigError, match="prior.t_min"):
+        _cfg("text", "gaussians.init=mesh:die", "gaussians.cloud_t_max=0.01")
+    assert _cfg("text", "prior.t_min=0.6").gaussians.cloud_t_max == 0.5  # the ball does not use it

@@ -39,6 +39,9 @@ position schedule (5: far ahead for the first third, 0.32 dB lower at the end on
 1, off, by default). Their position learning rates are ``gaussians.cloud_position_lr_scale`` (1)
 times the ball's: DreamGaussian's rate moves a surface start as far off the surface as the ball's
 within ~50 steps; 0.1 (GaussianDreamer-like) keeps the centres ~40 % closer, at a PSNR cost on the mug.
+With ``gaussians.cloud_t_max`` > 0 (:func:`start_timestep_range`) their distillation draws diffusion
+times of at most that fraction of T instead of ``prior.t_max``: a start that already has the shape and
+its colours is refined rather than re-noised (the high-t denoiser averages it away).
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import parse_init
+from .config import CLOUD_STARTS, parse_init
 from .errors import ConfigError, InputError
 from .gaussians import GaussianModel, sh_to_rgb
 
@@ -266,9 +269,6 @@ def depth_points(ref, path: str, n: int, generator: torch.Generator) -> tuple[Te
 
 # ------------------------------------------------------------------------------------------------
 # The entry points
-
-CLOUD_STARTS = ("points", "mesh")  # starts whose Gaussians already lie on the surface
-
 
 def start_learning_rates(g):
     """The GaussianConfig and spatial learning-rate scale that stage 1 trains ``g.init``'s start with:
