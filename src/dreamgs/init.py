@@ -31,17 +31,16 @@
 Scales are the RMS distance to the 3 nearest neighbours (as for the ball) unless
 ``gaussians.init_scale`` > 0 (GSGen: 0.02); opacity is ``gaussians.init_opacity``.
 
-Points and meshes can be *trained* differently (:func:`start_learning_rates`): their Gaussians
-already lie on the surface, so how fast Adam can move the colours away from the start's sets the
-pace (docs/quality.md, "GSGen's parts on stage 1"). With ``gaussians.cloud_color_lr_scale`` > 1
-their colour learning rate starts at that many times the configured one and decays to it with the
-position schedule (5: far ahead for the first third, 0.32 dB lower at the end on the test split; so
-1, off, by default). Their position learning rates are ``gaussians.cloud_position_lr_scale`` (1)
-times the ball's: DreamGaussian's rate moves a surface start as far off the surface as the ball's
-within ~50 steps; 0.1 (GaussianDreamer-like) keeps the centres ~40 % closer, at a PSNR cost on the mug.
-With ``gaussians.cloud_t_max`` > 0 (:func:`start_timestep_range`) their distillation draws diffusion
-times of at most that fraction of T instead of ``prior.t_max``: a start that already has the shape and
-its colours is refined rather than re-noised (the high-t denoiser averages it away).
+Points and meshes are *trained* differently (:func:`start_learning_rates`,
+:func:`start_timestep_range`): their Gaussians already lie on the surface, so they are refined rather
+than re-noised (docs/quality.md, "Point starts refined"). Their distillation draws diffusion times of
+at most ``gaussians.cloud_t_max`` (0.5) of T instead of ``prior.t_max`` (at 0.98 T the denoiser's
+estimate keeps almost nothing of the start), and their position learning rates are
+``gaussians.cloud_position_lr_scale`` (0.1, GaussianDreamer-like) times the ball's (DreamGaussian's
+rate moves a surface start as far off the surface as the ball's within ~50 steps). With
+``gaussians.cloud_color_lr_scale`` > 1 their colour learning rate starts at that many times the
+configured one and decays to it with the position schedule (5: far ahead for the first third, 0.32
+dB lower at the end on the test split; so 1, off, by default).
 """
 
 from __future__ import annotations
