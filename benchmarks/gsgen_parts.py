@@ -66,31 +66,6 @@ VARIANTS = {
 }
 
 
-def noisy_cloud(asset: str, path: Path, n: int = 4096, noise: float = 0.02, seed: int = 0,
-                colour_noise: float | None = None) -> Path:
-    """4096 outer-surface points plus position noise; with ``colour_noise`` (not None) each point
-    also carries the surface colour of its nearest dense surface sample plus Gaussian noise of that
-    std per channel (a 3D prior such as Point-E outputs coloured points)."""
-    from scipy.spatial import cKDTree
-
-    from dreamgs.bench import load_truth
-    from dreamgs.evaluate import outer_surface_samples
-    from dreamgs.init import sample_mesh_points
-
-    g = torch.Generator().manual_seed(seed)
-    truth = load_truth(asset)
-    surf = outer_surface_samples(truth, n, g).double()
-    pts = surf + noise * torch.randn(surf.shape, generator=g, dtype=torch.float64)
-    if colour_noise is not None:
-        dense, cols = sample_mesh_points(truth, 50 * n, g)
-        _, idx = cKDTree(dense.numpy()).query(surf.numpy(), k=1)
-        c = cols[torch.from_numpy(idx)] + colour_noise * torch.randn(n, 3, generator=g, dtype=torch.float64)
-        pts = torch.cat([pts, c.clamp(0, 1)], 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, pts.numpy())
-    return path
-
-
 def table(paths: list[str]) -> str:
     """Markdown: one row per asset and variant; "reach" is the first curve step at which the
     8-view masked PSNR reaches the ball's final 8-view figure on that asset (and mode)."""
@@ -154,7 +129,7 @@ def main(argv=None) -> None:
         print(table(args.table) if args.table else summary(args.summary))
         return
 
-    from dreamgs.bench import load_truth
+    from dreamgs.bench import load_truth, surface_cloud
     from dreamgs.config import load_config
     from dreamgs.evaluate import gaussian_rgba_views, heldout_cameras, mesh_rgba_views, outer_surface_samples, \
         view_scores
@@ -171,11 +146,11 @@ def main(argv=None) -> None:
         lo, hi = truth.bounds()
         diag = float((hi - lo).norm())
         name = f"{asset.replace(':', '')}_s{args.seed}"
-        cloud = coloured = None
+        cloud = coloured = None  # the 3D prior's stand-in (bench.surface_cloud), grey or with its colours
         if any("{cloud}" in o for v in args.variants for o in VARIANTS[v]):
-            cloud = noisy_cloud(asset, out.parent / f"cloud_{name}.npy", seed=args.seed)
+            cloud = surface_cloud(truth, out.parent / f"cloud_{name}.npy", args.seed, colour_noise=None)
         if any("{coloured}" in o for v in args.variants for o in VARIANTS[v]):
-            coloured = noisy_cloud(asset, out.parent / f"cloud_{name}_rgb.npy", seed=args.seed, colour_noise=0.1)
+            coloured = surface_cloud(truth, out.parent / f"cloud_{name}_rgb.npy", args.seed)
         for variant in args.variants:
             ov = [o.format(cloud=cloud, coloured=coloured) for o in VARIANTS[variant]]
             config = None if args.config == "default" else args.config

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def main(argv=None) -> None:
@@ -36,9 +34,7 @@ def main(argv=None) -> None:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
 
-    from gsgen_parts import noisy_cloud
-
-    from dreamgs.bench import load_truth
+    from dreamgs.bench import load_truth, surface_cloud
     from dreamgs.config import load_config
     from dreamgs.evaluate import gaussian_rgba_views, heldout_cameras, mesh_rgba_views, outer_surface_samples, \
         view_scores
@@ -55,7 +51,7 @@ def main(argv=None) -> None:
     ov = []
     if args.start == "noisy":
         name = f"cloud_{args.asset.replace(':', '')}_{args.seed}.npy"
-        cloud = noisy_cloud(args.asset, out.parent / name, seed=args.seed)
+        cloud = surface_cloud(truth, out.parent / name, args.seed, colour_noise=None)
         ov = [f"gaussians.init=points:{cloud}", "gaussians.init_colors=grey"]
     elif args.start == "silhouette":
         ov = ["gaussians.init=silhouette"]

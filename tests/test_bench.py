@@ -168,3 +168,43 @@ def test_runs_use_the_bench_config_file(tmp_path, monkeypatch, mode):
         run_dreamgaussian(Job("dreamgaussian", mode, "standard", "gen:0", 0, [], tmp_path / "run", "cpu", str(CI_SIZE)))
     cfg = seen["cfg"]
     assert cfg.stage1.iters == 300 and tuple(cfg.stage1.render_sizes) == (64,) and cfg.stage2.iters == 20
+
+
+def test_start_methods_run_dreamgaussian_from_a_noisy_coloured_cloud_or_the_silhouette(tmp_path, monkeypatch):
+    """dreamgaussian-cloud starts from a cloud of the asset's surface (noisy positions and colours, fixed
+    by the seed); dreamgaussian-silhouette lifts the input (image mode only: text mode is refused before
+    any run)."""
+    import dreamgs.pipeline as pipeline
+    from dreamgs.bench import Job, load_truth, run_cloud_start, run_silhouette_start
+    from dreamgs.evaluate import outer_surface_samples
+    from dreamgs.init import load_point_cloud
+    from dreamgs.metrics import nearest_distances
+
+    seen = []
+
+    def fake_generate(prompt=None, *, image=None, config=None, overrides=(), seed=None, run_dir=None, progress=True):
+        seen.append(pipeline.resolve_config(prompt, image, config, overrides, seed))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "generate", fake_generate)
+    clouds = []
+    for seed in (0, 0, 1):
+        with pytest.raises(KeyboardInterrupt):
+            run_cloud_start(Job("dreamgaussian-cloud", "text", "standard", "gen:0", seed, [], tmp_path / f"r{seed}",
+                                "cpu", str(CI_SIZE)))
+        kind, _, path = seen[-1].gaussians.init.partition(":")
+        assert kind == "points" and seen[-1].gaussians.cloud_t_max == 0.5
+        clouds.append(load_point_cloud(path))
+    pts, cols = clouds[0]
+    assert pts.shape == (4096, 3) and cols.shape == (4096, 3) and 0 <= cols.min() and cols.max() <= 1
+    truth = load_truth("gen:0")
+    d = nearest_distances(pts.float(), outer_surface_samples(truth, 20000, torch.Generator().manual_seed(0)))
+    assert 0.005 < float(d.mean()) < 0.03  # on the surface, up to noise of std 0.02 per axis
+    assert torch.equal(clouds[1][0], pts) and not torch.equal(clouds[2][0], pts)
+    with pytest.raises(KeyboardInterrupt):
+        run_silhouette_start(Job("dreamgaussian-silhouette", "image", "standard", "gen:0", 0, [], tmp_path / "s",
+                                 "cpu", str(CI_SIZE)))
+    assert seen[-1].gaussians.init == "silhouette"
+    with pytest.raises(InputError, match="needs --mode image"):
+        run_bench(["dreamgaussian", "dreamgaussian-silhouette"], ["gen:0"], mode="text", out_dir=tmp_path / "b")
+    assert not (tmp_path / "b").exists()

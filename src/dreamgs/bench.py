@@ -18,6 +18,10 @@ Baselines are scored in exactly the same way at the same cameras, per asset:
 - ``flat``: the true silhouette filled with the asset's mean colour;
 - ``blob``: the initial Gaussians (stage 1's starting ball).
 
+Methods (:data:`METHODS`): ``dreamgaussian``, ``dreamfusion``, ``gsgen``, ``magic3d``, and DreamGaussian from
+its other starts: ``dreamgaussian-cloud`` (a noisy coloured point cloud of the asset, a stand-in for what a
+3D prior such as Point-E outputs: :func:`surface_cloud`) and ``dreamgaussian-silhouette`` (image mode).
+
 Settings: ``standard`` is the mode's normal oracle; ``hard`` is the Janus-prone text oracle (the
 prompt alone, no view words) in text mode, and in image mode the oracle that knows the input
 asset only from the input view's side and must infer the rest (``prior.oracle_unseen=family``).
@@ -171,8 +175,50 @@ def run_magic3d(job: Job) -> Path:
     return run_dreamgaussian(job, method="magic3d")
 
 
+def surface_cloud(mesh, path: Path, seed: int, n: int = 4096, noise: float = 0.02,
+                  colour_noise: float | None = 0.1) -> Path:
+    """A noisy point cloud of ``mesh`` as a 3D prior (Point-E, Shap-E) would give it, saved as
+    ``.npy`` at ``path``: ``n`` points on the outer surface plus Gaussian noise of std ``noise``
+    (world units), and unless ``colour_noise`` is None each point's surface colour plus Gaussian
+    noise of that std per channel, clamped to [0, 1]. Deterministic in ``seed``."""
+    from scipy.spatial import cKDTree
+
+    from .evaluate import outer_surface_samples
+    from .init import sample_mesh_points
+
+    g = torch.Generator().manual_seed(seed)
+    surf = outer_surface_samples(mesh, n, g).double()
+    pts = surf + noise * torch.randn(surf.shape, generator=g, dtype=torch.float64)
+    if colour_noise is not None:
+        dense, cols = sample_mesh_points(mesh, 50 * n, g)
+        _, idx = cKDTree(dense.numpy()).query(surf.numpy(), k=1)
+        c = cols[torch.from_numpy(idx)] + colour_noise * torch.randn(n, 3, generator=g, dtype=torch.float64)
+        pts = torch.cat([pts, c.clamp(0, 1)], 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, pts.numpy())
+    return path
+
+
+def run_cloud_start(job: Job) -> Path:
+    """DreamGaussian started from a noisy coloured cloud of the job's asset (:func:`surface_cloud`, seeded
+    by the job's seed): the start a user with a 3D prior's point cloud gets (``gaussians.init=points``)."""
+    cloud = surface_cloud(load_truth(job.asset), job.run_dir.parent / f"{job.run_dir.name}_cloud.npy", job.seed)
+    return run_dreamgaussian(dataclasses.replace(job, overrides=[*job.overrides, f"gaussians.init=points:{cloud}"]))
+
+
+SILHOUETTE_TEXT = "bench: dreamgaussian-silhouette lifts the input image: it needs --mode image"
+
+
+def run_silhouette_start(job: Job) -> Path:
+    """DreamGaussian started from the input's mask lifted into a slab (``gaussians.init=silhouette``)."""
+    if job.mode != "image":
+        raise InputError(SILHOUETTE_TEXT)
+    return run_dreamgaussian(dataclasses.replace(job, overrides=[*job.overrides, "gaussians.init=silhouette"]))
+
+
 METHODS: dict[str, MethodFn] = {"dreamgaussian": run_dreamgaussian, "dreamfusion": run_dreamfusion,
-                                "gsgen": run_gsgen, "magic3d": run_magic3d}
+                                "gsgen": run_gsgen, "magic3d": run_magic3d,
+                                "dreamgaussian-cloud": run_cloud_start, "dreamgaussian-silhouette": run_silhouette_start}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -338,6 +384,8 @@ def run_bench(methods: Sequence[str] | dict[str, MethodFn] = ("dreamgaussian",),
         if name not in METHODS:
             raise InputError(f"bench: unknown method '{name}' (available: {', '.join(METHODS)})")
         fns[name] = METHODS[name]
+    if mode != "image" and fns.get("dreamgaussian-silhouette") is run_silhouette_start:
+        raise InputError(SILHOUETTE_TEXT)
     asset_list = resolve_assets(assets)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -378,7 +378,10 @@ def _add_bench(sub) -> None:
                     "exported model.glb at held-out cameras (PSNR, masked PSNR, pose offset, Chamfer) beside the "
                     "baselines (truth, lookup, turned15, turned30, flat, blob); write bench.json, bench.md and "
                     "bench.png. Tune on the dev split, report on test.")
-    p.add_argument("--methods", default="dreamgaussian", metavar="A,B", help="methods to run (default dreamgaussian)")
+    p.add_argument("--methods", default="dreamgaussian", metavar="A,B",
+                   help="methods to run (default dreamgaussian): dreamgaussian, dreamfusion, gsgen, magic3d, and "
+                        "dreamgaussian's other starts: dreamgaussian-cloud (a noisy coloured cloud of the asset, "
+                        "as a 3D prior gives it), dreamgaussian-silhouette (--mode image)")
     p.add_argument("--assets", nargs="+", default=["test"], metavar="ASSET",
                    help="dev | test (splits), mug | house | die | gen:N, or mesh files (default: test)")
     p.add_argument("--mode", choices=("text", "image"), default="text", help="text or image to 3D (default text)")
