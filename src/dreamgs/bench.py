@@ -217,8 +217,8 @@ def run_silhouette_start(job: Job) -> Path:
 
 
 METHODS: dict[str, MethodFn] = {"dreamgaussian": run_dreamgaussian, "dreamfusion": run_dreamfusion,
-                                "gsgen": run_gsgen, "magic3d": run_magic3d,
-                                "dreamgaussian-cloud": run_cloud_start, "dreamgaussian-silhouette": run_silhouette_start}
+                                "gsgen": run_gsgen, "magic3d": run_magic3d, "dreamgaussian-cloud": run_cloud_start,
+                                "dreamgaussian-silhouette": run_silhouette_start}
 
 
 # ------------------------------------------------------------------------------------------------
