@@ -218,7 +218,7 @@ def test_points_and_meshes_train_with_their_own_position_and_colour_rates(tmp_pa
 def test_cloud_t_max_limits_stage1_diffusion_times_for_points_and_meshes_only(tmp_path):
     """With gaussians.cloud_t_max > 0 a points or mesh start is distilled with t <= cloud_t_max (the
     prior's range is set for each distillation call and put back after it); the ball keeps the prior's
-    range, and so does a cloud with the default 0."""
+    range, and so does a cloud with cloud_t_max=0 (the default is 0.5)."""
     from test_stage1 import _RecordingPrior
 
     from dreamgs.stage1 import Stage1
